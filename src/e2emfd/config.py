@@ -1,0 +1,312 @@
+"""Typed configuration: dataclasses loaded from YAML, with dotted ``key=value`` overrides.
+
+Every run resolves one :class:`Config` and writes it next to its outputs, so a result can
+always be traced to the exact settings that produced it. Unknown keys and values of the
+wrong type are errors that name the key (and the closest valid key, when there is one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+M3FD_CLASSES = ["People", "Car", "Bus", "Lamp", "Motorcycle", "Truck"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    """Where the pairs come from and how they are prepared."""
+
+    format: str = "voc"  # voc | yolo | paired | dronevehicle | dota
+    root: str = ""  # dataset folder (M3FD-like: Vis/ Ir/ Annotations/ ImageSets/Main/)
+    train_split: str = "train"  # name of ImageSets/Main/<split>.txt, or "" for every pair
+    test_split: str = "test"
+    classes: list[str] = field(default_factory=lambda: list(M3FD_CLASSES))
+    vis_dir: str = ""  # "" = auto-detect (Vis, vi, visible, ...)
+    ir_dir: str = ""
+    label_dir: str = ""
+    label_modality: str = "visible"  # yolo/dronevehicle: which modality's labels to use
+    unknown_class: str = "error"  # error | skip
+    size_mismatch: str = "error"  # error | resize (IR resized to the visible size)
+    boxes: str = "hbb"  # hbb (axis-aligned xyxy) | obb (rotated cx cy w h angle, le90)
+    crop_border: int = 0  # DroneVehicle: crop this many pixels of white border
+    short_side: int = 0  # resize so the short side is this (0 = native resolution)
+    max_size: int = 0  # cap on the long side after resizing (0 = no cap)
+    hflip: float = 0.0  # probability of a horizontal flip (train only)
+    scale_jitter: list[float] = field(default_factory=list)  # e.g. [0.8, 1.2] (train only)
+    size_divisor: int = 32
+    num_workers: int = 0
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50  # ResNet 18 | 34 | 50
+    width: int = 64  # base width (64 = torchvision; smaller for CPU-sized models)
+    out_channels: int = 256  # FPN channels
+    p6: bool = False
+    frozen_bn: bool = True
+    freeze_at: int = 2  # 0 = train all; 1 = freeze stem; 2 = stem + stage 1; ...
+    pretrained: str = ""  # local path to a torchvision ResNet state dict ("" = random init)
+
+
+@dataclass
+class FusionConfig:
+    enabled: bool = True
+    num_regions: int = 3  # K RFRM branches on P2..P(K+1), 0..4
+    pixel_channels: int = 32  # PFMM first block width (x2 heads)
+    hidden: int = 128  # gate / decoder width
+    region_paths: int = 2  # M selective-kernel attention maps
+    color: str = "ycbcr"  # ycbcr | hsv | gray
+    loss_ssim: float = 10.0
+    loss_grad: float = 10.0
+    loss_pixel: float = 10.0
+
+
+@dataclass
+class DetectionConfig:
+    enabled: bool = True
+    boxes: str = "hbb"  # hbb | obb
+    num_classes: int = 6
+    num_proposals: int = 500
+    num_proposals_test: int = 0  # 0 = same as training
+    sampling_steps: int = 1  # DDIM steps at inference
+    timesteps: int = 1000
+    signal_scale: float = 2.0
+    hidden: int = 256
+    num_stages: int = 6
+    num_heads: int = 8
+    dim_dynamic: int = 64
+    num_dynamic: int = 2
+    dim_feedforward: int = 2048
+    dropout: float = 0.0
+    pooler_resolution: int = 7
+    prior_prob: float = 0.01
+    use_focal: bool = True
+    box_renewal: bool = True
+    use_ensemble: bool = True
+    score_threshold: float = 0.0
+    nms_threshold: float = 0.5
+    max_detections: int = 100
+    ota_k: int = 5
+    loss_class: float = 2.0
+    loss_l1: float = 5.0
+    loss_giou: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+
+@dataclass
+class ModelConfig:
+    modality: str = "both"  # both | vis | ir (single-modality baselines)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
+
+
+@dataclass
+class TrainConfig:
+    task: str = "joint"  # joint | fusion | detection
+    mtl: str = "gmta"  # sum | gmta | pcgrad | cagrad | nashmtl | imtl | mgda | upgrad
+    gmta_every: int = 1000  # run the multi-task balancing every n iterations
+    max_iters: int = 15000
+    batch_size: int = 1
+    lr: float = 2.5e-5
+    weight_decay: float = 1e-4
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.01
+    schedule: str = "step"  # step | cosine | constant
+    lr_steps: list[int] = field(default_factory=lambda: [5000, 10000])
+    lr_gamma: float = 0.1
+    clip_grad: float = 1.0  # full-model L2 gradient clipping (0 = off)
+    amp: bool = True  # bf16 autocast on CUDA (always off on CPU)
+    eval_every: int = 5000
+    checkpoint_every: int = 1000
+    log_every: int = 20
+    max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    deterministic: bool = True
+
+
+@dataclass
+class Config:
+    """The whole configuration of one run."""
+
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------------------
+# Loading, overriding and saving
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp!r}")
+
+
+def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
+    names = [f.name for f in dataclasses.fields(cls)]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{prefix}{name}'{hint}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        if name not in known:
+            raise _unknown_key(cls, name, prefix)
+        kwargs[name] = _coerce(value, hints[name], prefix + name)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"model.backbone.depth=18"`` -> (["model", "backbone", "depth"], 18)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def _validate_path(path: list[str]) -> None:
+    cls: Any = Config
+    for i, part in enumerate(path):
+        if not dataclasses.is_dataclass(cls):
+            raise ConfigError(f"'{'.'.join(path[:i])}' is a value, not a section")
+        if part not in {f.name for f in dataclasses.fields(cls)}:
+            raise _unknown_key(cls, part, "".join(p + "." for p in path[:i]))
+        cls = typing.get_type_hints(cls)[part]
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    A YAML file may name another with ``_base_: other.yaml`` (relative to itself); its
+    values are loaded first and then updated.
+    """
+    values: dict = {}
+    if path is not None:
+        values = _load_yaml(Path(path))
+    for text in overrides:
+        key, value = parse_override(text)
+        _validate_path(key)
+        values = _merge(values, _nest(key, value))
+    return _build(Config, values)
+
+
+def _load_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: _base_ chain loops back to itself")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = values.pop("_base_", None)
+    if base is not None:
+        values = _merge(_load_yaml(path.parent / base, (*_seen, path.resolve())), values)
+    return values
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(values: dict) -> Config:
+    return _build(Config, values)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the fully resolved config as YAML (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path
