@@ -308,3 +308,15 @@ def test_voc_custom_iou_fn_is_used_on_non_xyxy_boxes():
     bad = lambda a, b: torch.zeros(len(a), len(b) + 1)  # noqa: E731
     with pytest.raises(ValueError, match="iou_fn"):
         voc_evaluate(preds, gts, ["p"], iou_fn=bad)
+
+
+def test_voc_11_point_recall_boundaries():
+    # 10 GT, exactly 3 found: recall reaches exactly 0.3 at precision 1 -> points t = 0, .1,
+    # .2, .3 score 1 -> 4/11 (a float 0.30000000000000004 threshold would give 3/11).
+    boxes = [[20 * i, 0, 20 * i + 10, 10] for i in range(10)]
+    gts = [_gt(boxes, [0] * 10)]
+    preds = [_pred(boxes[:3], [0.9, 0.8, 0.7], [0, 0, 0])]
+    assert voc_evaluate(preds, gts, ["p"], use_07_metric=True)["mAP"] == pytest.approx(4 / 11)
+    # Full recall at precision 1 must reach the t = 1.0 point too.
+    full = [_pred(boxes, np.linspace(0.9, 0.1, 10), [0] * 10)]
+    assert voc_evaluate(full, gts, ["p"], use_07_metric=True)["mAP"] == pytest.approx(1.0)
