@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the pairs come from and how they are prepared."""
 
-    format: str = "voc"  # voc | yolo | paired | dronevehicle | dota
+    format: str = "voc"  # voc | yolo | paired
     root: str = ""  # dataset folder (M3FD-like: Vis/ Ir/ Annotations/ ImageSets/Main/)
     train_split: str = "train"  # name of ImageSets/Main/<split>.txt, or "" for every pair
     test_split: str = "test"
@@ -38,6 +38,7 @@ class DataConfig:
     label_dir: str = ""
     label_modality: str = "visible"  # yolo/dronevehicle: which modality's labels to use
     unknown_class: str = "error"  # error | skip
+    unlabelled: str = "skip"  # pairs without a label file: skip | empty | error
     size_mismatch: str = "error"  # error | resize (IR resized to the visible size)
     boxes: str = "hbb"  # hbb (axis-aligned xyxy) | obb (rotated cx cy w h angle, le90)
     crop_border: int = 0  # DroneVehicle: crop this many pixels of white border
@@ -163,7 +164,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}")
+            raise ConfigError(
+                f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}"
+            )
         return _build(tp, value, key + ".")
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -261,7 +264,9 @@ def _validate_path(path: list[str]) -> None:
         cls = typing.get_type_hints(cls)[part]
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
 
     A YAML file may name another with ``_base_: other.yaml`` (relative to itself); its
