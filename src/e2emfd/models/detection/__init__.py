@@ -1,0 +1,20 @@
+"""CFDP: the diffusion detection head (DiffusionDet) of E2E-MFD."""
+
+from .cfdp import CFDPHead
+from .diffusion import BoxDiffusion, cosine_alphas_cumprod, ddim_timesteps
+from .head import DynamicConv, RefinementStage
+from .matcher import DynamicKMatcher, dynamic_k_assign
+from .pooler import MultiLevelRoIAlign, assign_levels
+
+__all__ = [
+    "BoxDiffusion",
+    "CFDPHead",
+    "DynamicConv",
+    "DynamicKMatcher",
+    "MultiLevelRoIAlign",
+    "RefinementStage",
+    "assign_levels",
+    "cosine_alphas_cumprod",
+    "ddim_timesteps",
+    "dynamic_k_assign",
+]

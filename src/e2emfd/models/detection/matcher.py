@@ -1,0 +1,138 @@
+"""SimOTA-style dynamic-k matching of proposals to ground truth (YOLOX, as in DiffusionDet).
+
+Each ground-truth box takes the ``k`` cheapest proposals, where ``k`` is the rounded-down
+sum of its ``ota_k`` best IoUs (at least 1); a proposal claimed by several boxes keeps
+only its cheapest one, and a box left with none then takes the cheapest free proposal.
+The cost is the focal classification cost + L1 on normalised boxes - GIoU, plus a large
+penalty for proposals whose centre is not both inside the box and inside its centre
+region, and a larger one for proposals whose centre is near no box at all.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou, generalized_box_iou
+
+
+def centre_prior(boxes: Tensor, gt_boxes: Tensor, radius: float = 2.5) -> tuple[Tensor, Tensor]:
+    """Where proposal centres lie relative to the ground truth; pixel xyxy (N, 4), (G, 4).
+
+    Returns two (N, G) bool masks: centre strictly inside the box, and centre strictly
+    inside the box's centre region (its centre +- ``radius`` x its width / height).
+    """
+    centres = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2  # (N, 1, 2)
+    in_box = ((centres > gt_boxes[None, :, :2]) & (centres < gt_boxes[None, :, 2:])).all(-1)
+    gt_centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    reach = radius * (gt_boxes[:, 2:] - gt_boxes[:, :2])
+    in_centre = ((centres - gt_centres[None]).abs() < reach[None]).all(-1)
+    return in_box, in_centre
+
+
+def focal_class_cost(prob: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
+    """(N, C) probabilities, (G,) labels -> (N, G): the focal loss of calling proposal n
+    class ``labels[g]`` minus that of calling it background (the negative-term baseline)."""
+    p = prob[:, labels]
+    pos = alpha * (1 - p) ** gamma * -(p + 1e-8).log()
+    neg = (1 - alpha) * p**gamma * -(1 - p + 1e-8).log()
+    return pos - neg
+
+
+def dynamic_k_assign(cost: Tensor, iou: Tensor, ota_k: int) -> Tensor:
+    """Dynamic-k assignment from (N, G) cost and IoU; returns an (N, G) bool matching with
+    at most one True per row and, when N >= G, at least one per column."""
+    n, g = cost.shape
+    matching = torch.zeros_like(cost, dtype=torch.bool)
+    if n == 0 or g == 0:
+        return matching
+    topk_iou = iou.topk(min(ota_k, n), dim=0).values
+    dynamic_k = topk_iou.sum(0).int().clamp(min=1)  # (G,), <= min(ota_k, n)
+    # each column takes its dynamic_k cheapest rows: rank rows per column, compare to k
+    order = cost.argsort(dim=0)
+    take = torch.arange(n, device=cost.device)[:, None] < dynamic_k[None, :]
+    matching.scatter_(0, order, take)
+
+    # a proposal claimed by several boxes keeps the box it is cheapest for
+    multi = matching.sum(1) > 1
+    cheapest = torch.zeros_like(matching).scatter_(1, cost.argmin(1, keepdim=True), True)
+    matching = torch.where(multi[:, None], cheapest, matching)
+
+    # boxes left without a proposal take the cheapest still-free one, one box at a time so
+    # that no proposal is given twice
+    unmatched = (~matching.any(0)).nonzero().flatten().tolist()
+    if unmatched:
+        used = matching.any(1)
+        free_cost = cost.masked_fill(used[:, None], float("inf"))
+        for col in unmatched[: int((~used).sum())]:
+            row = free_cost[:, col].argmin()
+            matching[row, col] = True
+            free_cost[row] = float("inf")
+    return matching
+
+
+class DynamicKMatcher:
+    """Match one image's proposals to its ground truth (see the module docstring).
+
+    The weights default to DiffusionDet's (the loss weights); all cost terms are computed
+    in float32 without gradients.
+    """
+
+    def __init__(
+        self,
+        cost_class: float = 2.0,
+        cost_l1: float = 5.0,
+        cost_giou: float = 2.0,
+        ota_k: int = 5,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        centre_radius: float = 2.5,
+        outside_penalty: float = 100.0,
+        background_penalty: float = 10000.0,
+    ) -> None:
+        self.cost_class = cost_class
+        self.cost_l1 = cost_l1
+        self.cost_giou = cost_giou
+        self.ota_k = ota_k
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.centre_radius = centre_radius
+        self.outside_penalty = outside_penalty
+        self.background_penalty = background_penalty
+
+    @torch.no_grad()
+    def cost_matrix(
+        self, logits: Tensor, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, whwh: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """logits (N, C), boxes (N, 4) pixel xyxy, gt_boxes (G, 4), gt_labels (G,),
+        whwh (4,) -> (cost (N, G), IoU (N, G)), both float32."""
+        boxes, gt_boxes, whwh = boxes.float(), gt_boxes.float(), whwh.float()
+        prob = logits.float().sigmoid()
+        cost_class = focal_class_cost(prob, gt_labels, self.focal_alpha, self.focal_gamma)
+        cost_l1 = torch.cdist(boxes / whwh, gt_boxes / whwh, p=1)
+        giou = generalized_box_iou(boxes, gt_boxes)
+        in_box, in_centre = centre_prior(boxes, gt_boxes, self.centre_radius)
+        cost = (
+            self.cost_class * cost_class
+            + self.cost_l1 * cost_l1
+            - self.cost_giou * giou
+            + self.outside_penalty * (~(in_box & in_centre)).float()
+        )
+        near_none = ~(in_box.any(1) | in_centre.any(1))
+        cost = cost + self.background_penalty * near_none[:, None].float()
+        return cost, box_iou(boxes, gt_boxes)
+
+    @torch.no_grad()
+    def __call__(
+        self, logits: Tensor, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, whwh: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """Shapes as in :meth:`cost_matrix`. Returns ``(proposal_idx, gt_idx)``, two (M,)
+        int64 tensors: proposal ``proposal_idx[m]`` is matched to box ``gt_idx[m]``."""
+        if gt_boxes.shape[0] == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=logits.device)
+            return empty, empty
+        with torch.autocast(logits.device.type, enabled=False):
+            cost, iou = self.cost_matrix(logits, boxes, gt_boxes, gt_labels, whwh)
+            matching = dynamic_k_assign(cost, iou, self.ota_k)
+        proposal_idx = matching.any(1).nonzero().flatten()
+        gt_idx = matching[proposal_idx].int().argmax(1)
+        return proposal_idx, gt_idx

@@ -1,0 +1,83 @@
+"""Multi-level RoIAlign: each box pooled from the pyramid level that suits its size."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+
+def assign_levels(
+    boxes: Tensor,
+    strides: tuple[int, ...],
+    canonical_size: float = 224.0,
+    canonical_level: int = 4,
+) -> Tensor:
+    """Index into ``strides`` of the level each pixel xyxy box (..., 4) is pooled from.
+
+    FPN's rule (Lin et al. 2017, eq. 1): a box of side ``canonical_size`` goes to stride
+    ``2 ** canonical_level``, one level finer per halving of the side.
+    """
+    side = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])).clamp(min=0).sqrt()
+    level = torch.floor(canonical_level + torch.log2(side / canonical_size + 1e-8))
+    first = math.log2(strides[0])
+    return (level - first).clamp(0, len(strides) - 1).long()
+
+
+class MultiLevelRoIAlign(nn.Module):
+    """RoIAlign (aligned, fixed sampling ratio) of B x N boxes over a feature pyramid.
+
+    Every level is pooled for all boxes and the right one is selected per box: this costs
+    a few more bilinear samples than gathering each level's boxes, but has no
+    data-dependent shapes, so no host synchronisation and one code path for any batch.
+    """
+
+    def __init__(
+        self,
+        strides: tuple[int, ...] = (4, 8, 16, 32),
+        output_size: int = 7,
+        sampling_ratio: int = 2,
+        canonical_size: float = 224.0,
+        canonical_level: int = 4,
+    ) -> None:
+        super().__init__()
+        for a, b in zip(strides[:-1], strides[1:]):
+            if b != 2 * a:
+                raise ValueError(f"strides must double from level to level, got {strides}")
+        self.strides = tuple(strides)
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.canonical_size = canonical_size
+        self.canonical_level = canonical_level
+
+    def forward(self, features: list[Tensor], boxes: Tensor) -> Tensor:
+        """features: one (B, C, H_l, W_l) map per stride; boxes: (B, N, 4) pixel xyxy.
+
+        Returns (B * N, C, S, S), image-major (box n of image b at row b * N + n).
+        """
+        b, n = boxes.shape[:2]
+        flat = boxes.reshape(b * n, 4).float()
+        batch_idx = torch.arange(b, device=boxes.device, dtype=flat.dtype).repeat_interleave(n)
+        rois = torch.cat([batch_idx[:, None], flat], dim=1)
+        levels = assign_levels(flat, self.strides, self.canonical_size, self.canonical_level)
+        out: Tensor | None = None
+        for i, (feature, stride) in enumerate(zip(features, self.strides)):
+            # float32 sampling: bf16 box coordinates would be off by pixels
+            pooled = roi_align(
+                feature.float(),
+                rois,
+                self.output_size,
+                spatial_scale=1.0 / stride,
+                sampling_ratio=self.sampling_ratio,
+                aligned=True,
+            ).to(feature.dtype)
+            # boxes of level 0 keep the first map's values; later levels overwrite theirs
+            out = (
+                pooled
+                if out is None
+                else torch.where((levels == i)[:, None, None, None], pooled, out)
+            )
+        assert out is not None
+        return out
