@@ -11,7 +11,7 @@ Contract of :meth:`TaskBalancer.backward` (the caller zeroes grads before, as fo
 Memory on a balancing step, on top of a plain step: the retained graph of the first backward
 (the activations a plain step also holds at its peak), one stashed copy of the shared
 gradients per task except the last (one copy for two tasks), and a float64 chunk of at most
-``T * 8`` MiB for the Gram matrix. No ``create_graph``, no ``T x P`` Jacobian: every method
+``T * 2`` MiB for the Gram matrix. No ``create_graph``, no ``T x P`` Jacobian: every method
 works on the ``T x T`` Gram matrix (torchjd's Gramian weightings take exactly that; Nash-MTL
 takes a ``T x T`` square root of it, which has the same Gram).
 

@@ -24,8 +24,8 @@ __all__ = [
 GradList = list[Tensor | None]
 ReduceFn = Callable[[list[Tensor]], None]
 
-# Elements per float64 chunk in gram_matrix: bounds the temporary to T * 8 MiB.
-_GRAM_CHUNK = 1 << 20
+# Elements per float64 chunk in gram_matrix: bounds its temporary to T * 2 MiB.
+_GRAM_CHUNK = 1 << 18
 
 
 def gram_matrix(task_grads: Sequence[Sequence[Tensor | None]]) -> Tensor:
@@ -37,7 +37,7 @@ def gram_matrix(task_grads: Sequence[Sequence[Tensor | None]]) -> Tensor:
 
     Returns:
         ``[T, T]`` float64 on the device of the first non-``None`` gradient (CPU if all are
-        ``None``). Products are accumulated in float64 in chunks of at most 2^20 elements.
+        ``None``). Products are accumulated in float64 in chunks of at most 2^18 elements.
     """
     n_tasks = len(task_grads)
     device = next(
@@ -50,10 +50,13 @@ def gram_matrix(task_grads: Sequence[Sequence[Tensor | None]]) -> Tensor:
             continue
         flats = [per_param[t].reshape(-1) for t in present]
         block = torch.zeros(len(present), len(present), dtype=torch.float64, device=device)
-        for start in range(0, flats[0].numel(), _GRAM_CHUNK):
-            chunk = torch.stack([f[start : start + _GRAM_CHUNK] for f in flats]).to(
-                device=device, dtype=torch.float64
-            )
+        numel = flats[0].numel()
+        buf = torch.empty(len(present), min(numel, _GRAM_CHUNK), dtype=torch.float64, device=device)
+        for start in range(0, numel, _GRAM_CHUNK):
+            stop = min(start + _GRAM_CHUNK, numel)
+            chunk = buf[:, : stop - start]
+            for row, f in zip(chunk, flats):
+                row.copy_(f[start:stop])  # casts to float64 without another temporary
             block += chunk @ chunk.T
         idx = torch.tensor(present, device=device)
         gram[idx.unsqueeze(1), idx.unsqueeze(0)] += block
