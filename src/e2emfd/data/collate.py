@@ -24,7 +24,7 @@ def pad_to_multiple(images: list[torch.Tensor], divisor: int = 32) -> torch.Tens
 def collate_pairs(samples: list[dict], size_divisor: int = 32) -> dict:
     """Batch sample dicts. Returns ``vis`` (B, 3, H, W), ``ir`` (B, 1, H, W), ``image_sizes``
     (B, 2) [h, w] of each image before padding, ``targets`` (per image ``boxes``,
-    ``labels``, ``difficult``), and per-image ``image_ids``, ``orig_sizes`` (B, 2),
+    ``labels``, ``difficult``, and ``seed`` when the sampler gave one), and per-image ``image_ids``, ``orig_sizes`` (B, 2),
     ``scales`` (B, 2) [sx, sy], ``vis_paths``, ``ir_paths``."""
     if not samples:
         raise ValueError("cannot collate an empty batch")
@@ -34,6 +34,7 @@ def collate_pairs(samples: list[dict], size_divisor: int = 32) -> dict:
         "image_sizes": torch.tensor([list(s["vis"].shape[-2:]) for s in samples]),
         "targets": [
             {"boxes": s["boxes"], "labels": s["labels"], "difficult": s["difficult"]}
+            | ({"seed": s["seed"]} if s.get("seed") is not None else {})
             for s in samples
         ],
         "image_ids": [s["image_id"] for s in samples],

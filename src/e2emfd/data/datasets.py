@@ -190,7 +190,13 @@ class PairDataset(Dataset):
             )
         return boxes[keep], ann.labels[keep], ann.difficult[keep]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """``index``, or ``(index, seed)``: the seed drives this sample's random
+        augmentations and is passed on as ``sample["seed"]`` (e.g. for the detection head's
+        box noise), so a sample is the same whichever worker, batch or rank loads it."""
+        seed = None
+        if isinstance(index, tuple):
+            index, seed = index
         record = self.records[index]
         vis, ir = self.load_pair(record)
         height, width = vis.shape[:2]
@@ -207,8 +213,12 @@ class PairDataset(Dataset):
             "label_path": str(record.label_path) if record.label_path else None,
             "orig_size": torch.tensor([height, width]),
             "scale": torch.ones(2),
+            "seed": seed,
         }
-        return self.transform(sample) if self.transform is not None else sample
+        if self.transform is None:
+            return sample
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        return self.transform(sample, generator)
 
     # ---------------------------------------------------------------- constructors
 

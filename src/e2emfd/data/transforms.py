@@ -2,7 +2,9 @@
 
 Each transform maps a sample dict (see :mod:`e2emfd.data.datasets`) to a new one and
 keeps ``scale`` up to date, so predictions can be mapped back to the files' pixels.
-Randomness comes from torch's global generator, which the data loader seeds per worker.
+Random transforms draw from the ``generator`` they are given (the training sampler seeds
+one per sample, so augmentations do not depend on workers, batch layout or resuming), or
+from torch's global generator when none is given.
 """
 
 from __future__ import annotations
@@ -32,18 +34,18 @@ class Resize:
             raise ValueError(f"scale jitter must be [lo, hi] with 0 < lo <= hi, got {list(jitter)}")
         self.short_side, self.max_size, self.jitter = short_side, max_size, tuple(jitter)
 
-    def factor(self, height: int, width: int) -> float:
+    def factor(self, height: int, width: int, generator: torch.Generator | None = None) -> float:
         factor = self.short_side / min(height, width) if self.short_side else 1.0
         if self.jitter:
             lo, hi = self.jitter
-            factor *= lo + (hi - lo) * torch.rand(()).item()
+            factor *= lo + (hi - lo) * torch.rand((), generator=generator).item()
         if self.max_size and max(height, width) * factor > self.max_size:
             factor = self.max_size / max(height, width)
         return factor
 
-    def __call__(self, sample: dict) -> dict:
+    def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
         height, width = sample["vis"].shape[-2:]
-        factor = self.factor(height, width)
+        factor = self.factor(height, width, generator)
         new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
         if (new_h, new_w) == (height, width):
             return sample
@@ -60,8 +62,8 @@ class RandomHorizontalFlip:
     def __init__(self, p: float = 0.5):
         self.p = p
 
-    def __call__(self, sample: dict) -> dict:
-        if self.p <= 0 or torch.rand(()).item() >= self.p:
+    def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
+        if self.p <= 0 or torch.rand((), generator=generator).item() >= self.p:
             return sample
         width = sample["vis"].shape[-1]
         out = dict(sample)
@@ -77,9 +79,9 @@ class Compose:
     def __init__(self, transforms: Sequence[Callable[[dict], dict]]):
         self.transforms = list(transforms)
 
-    def __call__(self, sample: dict) -> dict:
+    def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
         for transform in self.transforms:
-            sample = transform(sample)
+            sample = transform(sample, generator)
         return sample
 
 

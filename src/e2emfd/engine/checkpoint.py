@@ -1,0 +1,122 @@
+"""Checkpoints that lose nothing: atomic writes, safe loading, clear mismatch errors.
+
+A checkpoint is a plain dict of tensors and Python scalars/containers: ``model``,
+``optimizer``, ``scheduler``, ``step``, ``rng`` (CPU and CUDA generator states),
+``config`` (the resolved config as a dict), ``bad_steps`` and ``format``. It is written to
+a temporary file in the same folder and renamed over the target, so a crash mid-write
+never leaves a broken checkpoint; it is read with ``torch.load(weights_only=True)``, which
+cannot execute code from the file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e2emfd.config import Config, ConfigError, config_from_dict, config_to_dict
+
+FORMAT = "e2emfd-checkpoint-v1"
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **state}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or unsafe files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable e2emfd checkpoint ({first})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not an e2emfd checkpoint (no '{FORMAT}' marker)")
+    return state
+
+
+def checkpoint_config(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
+    try:
+        return config_from_dict(state["config"])
+    except (KeyError, ConfigError) as exc:
+        raise ValueError(f"{path}: checkpoint has an invalid config ({exc})") from None
+
+
+def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_mismatches(saved: dict, current: Config, section: str = "model") -> list[str]:
+    """Keys of ``section`` whose values differ between a checkpoint and the current run."""
+    a = _flatten(saved.get(section, {}), f"{section}.")
+    b = _flatten(config_to_dict(current).get(section, {}), f"{section}.")
+    return [
+        f"{k}: checkpoint {a.get(k)!r} != config {b.get(k)!r}"
+        for k in sorted(a.keys() | b.keys())
+        if a.get(k) != b.get(k)
+    ]
+
+
+def load_model_state(model: torch.nn.Module, state_dict: dict, path: str | Path) -> None:
+    """Load weights strictly; a mismatch is one error listing the offending keys."""
+    own = model.state_dict()
+    missing = sorted(own.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - own.keys())
+    shapes = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own.keys() & state_dict.keys()
+        if own[k].shape != state_dict[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+            if keys:
+                more = f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""
+                parts.append(f"{name}: {', '.join(keys[:4])}{more}")
+        raise ValueError(f"{path}: weights do not fit this model; " + "; ".join(parts))
+    model.load_state_dict(state_dict)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_model_for_inference(path: str | Path, device: str | torch.device = "cpu"):
+    """Build the model a checkpoint describes and load its weights (eval mode).
+    Returns ``(model, config)``."""
+    from e2emfd.models import build_model
+
+    state = load_checkpoint(path)
+    cfg = checkpoint_config(state, path)
+    cfg.model.backbone.pretrained = ""  # the checkpoint holds the trained weights
+    model = build_model(cfg.model)
+    load_model_state(model, state["model"], path)
+    return model.to(device).eval(), cfg

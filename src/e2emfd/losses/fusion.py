@@ -1,0 +1,126 @@
+"""The fusion loss (spec 2.3): pixel intensity with an object mask, multi-scale gradient,
+and SSIM against both sources.
+
+All terms are averaged over each image's valid (unpadded) area, and the object mask is
+built per image, so the loss is right for any batch size and any mix of image sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from e2emfd.config import FusionConfig
+
+
+def gaussian_kernel1d(size: int, sigma: float, device=None, dtype=torch.float32) -> Tensor:
+    x = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    return k / k.sum()
+
+
+def gaussian_blur(x: Tensor, size: int, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (B, C, H, W) with reflect padding."""
+    k = gaussian_kernel1d(size, sigma, x.device, x.dtype)
+    c = x.shape[1]
+    pad = size // 2
+    x = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, size), groups=c)
+    return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, size, 1), groups=c)
+
+
+def high_pass(x: Tensor, size: int, sigma: float = 2.0) -> Tensor:
+    """h_k(x) = x - GaussianBlur_k(x)."""
+    return x - gaussian_blur(x, size, sigma)
+
+
+def ssim_map(
+    x: Tensor, y: Tensor, size: int = 11, sigma: float = 1.5, data_range: float = 1.0
+) -> Tensor:
+    """Per-pixel SSIM (Wang et al. 2004) with a Gaussian window: (B, 1, H, W)."""
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = gaussian_blur(x, size, sigma), gaussian_blur(y, size, sigma)
+    sxx = gaussian_blur(x * x, size, sigma) - mu_x**2
+    syy = gaussian_blur(y * y, size, sigma) - mu_y**2
+    sxy = gaussian_blur(x * y, size, sigma) - mu_x * mu_y
+    return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+
+
+def valid_mask(image_sizes: Tensor, height: int, width: int) -> Tensor:
+    """(B, 1, H, W) float mask of each image's unpadded area; image_sizes (B, 2) [h, w]."""
+    rows = torch.arange(height, device=image_sizes.device)
+    cols = torch.arange(width, device=image_sizes.device)
+    inside_r = rows[None, :] < image_sizes[:, :1]
+    inside_c = cols[None, :] < image_sizes[:, 1:]
+    return (inside_r[:, :, None] & inside_c[:, None, :]).unsqueeze(1).float()
+
+
+def box_mask(boxes: list[Tensor], height: int, width: int, device=None) -> Tensor:
+    """(B, 1, H, W) mask, 1 inside any of each image's boxes (xyxy pixels), per image.
+
+    A pixel (row i, col j) with centre (j + 0.5, i + 0.5) is inside a box when the centre is.
+    """
+    out = torch.zeros(len(boxes), 1, height, width, device=device)
+    if not boxes or all(len(b) == 0 for b in boxes):
+        return out
+    ys = torch.arange(height, device=device, dtype=torch.float32) + 0.5
+    xs = torch.arange(width, device=device, dtype=torch.float32) + 0.5
+    for i, b in enumerate(boxes):
+        if len(b) == 0:
+            continue
+        b = b.to(device=device, dtype=torch.float32)
+        in_y = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] < b[:, 3:4])  # (N, H)
+        in_x = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] < b[:, 2:3])  # (N, W)
+        out[i, 0] = (in_y[:, :, None] & in_x[:, None, :]).any(0).float()
+    return out
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def fusion_loss(
+    fused: Tensor,
+    ir: Tensor,
+    lum: Tensor,
+    boxes: list[Tensor] | None = None,
+    image_sizes: Tensor | None = None,
+    cfg: FusionConfig | None = None,
+) -> dict[str, Tensor]:
+    """The weighted fusion loss terms.
+
+    fused, ir, lum: (B, 1, H, W) in [0, 1] (lum is the visible luminance that was fused);
+    boxes: per image (N_i, 4) xyxy pixels (or None/empty: no object mask, e.g. TNO);
+    image_sizes: (B, 2) [h, w] of the unpadded images (None: no padding).
+    Returns ``loss_ssim``, ``loss_grad``, ``loss_pixel`` (already weighted).
+    """
+    cfg = cfg or FusionConfig()
+    b, _, h, w = fused.shape
+    fused, ir, lum = fused.float(), ir.float(), lum.float()
+    valid = valid_mask(image_sizes, h, w) if image_sizes is not None else fused.new_ones(b, 1, h, w)
+    objects = box_mask(boxes or [torch.zeros(0, 4)] * b, h, w, fused.device) * valid
+    background = valid - objects
+
+    target_fg = (lum + ir).clamp(max=1.0).detach()
+    target_bg = torch.maximum(lum, ir).detach()
+    # L1(F m, T_fg m) + L1(F (1 - m), T_bg (1 - m)), both means over the whole valid area.
+    pixel_err = (fused - target_fg).abs() * objects + (fused - target_bg).abs() * background
+    pixel = _masked_mean(pixel_err, valid)
+
+    grad = fused.new_zeros(())
+    for size, weight in ((3, 10.0), (5, 10.0), (7, 1.0)):
+        target = torch.maximum(high_pass(ir, size), high_pass(lum, size)).detach()
+        grad = grad + weight * _masked_mean((high_pass(fused, size) - target).abs(), valid)
+
+    ssim = 0.5 * (1 - _masked_mean(ssim_map(fused, lum), valid)) + 0.5 * (
+        1 - _masked_mean(ssim_map(fused, ir), valid)
+    )
+    return {
+        "loss_ssim": cfg.loss_ssim * ssim,
+        "loss_grad": cfg.loss_grad * grad,
+        "loss_pixel": cfg.loss_pixel * pixel,
+    }
+
+
+__all__ = ["box_mask", "fusion_loss", "gaussian_blur", "high_pass", "ssim_map", "valid_mask"]

@@ -1,0 +1,136 @@
+"""The E2E-MFD network: one shared backbone, the ORPPT fusion head and the CFDP detection
+head, trained together (spec 1-2).
+
+``model(batch)`` in training mode returns each task's loss (the trainer balances them);
+in eval mode it returns the fused image and the detections. ``fuse`` and ``detect`` are
+the tensor-level APIs for arbitrary image sizes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from e2emfd.config import ModelConfig
+from e2emfd.losses.fusion import fusion_loss
+from e2emfd.models.backbone import SharedBackbone
+from e2emfd.models.color import restore_color
+from e2emfd.models.orppt import ORPPTHead
+
+TASKS = ("detection", "fusion")
+
+
+def pad_batch(image: Tensor, divisor: int = 32) -> Tensor:
+    """Zero-pad (B, C, H, W) at the bottom/right to multiples of ``divisor``."""
+    h, w = image.shape[-2:]
+    ph, pw = math.ceil(h / divisor) * divisor - h, math.ceil(w / divisor) * divisor - w
+    return F.pad(image, (0, pw, 0, ph)) if ph or pw else image
+
+
+class E2EMFD(nn.Module):
+    """Backbone + ORPPT + CFDP. Either head can be disabled (fusion-only or
+    detection-only models); ``modality`` = ``vis`` or ``ir`` builds a single-modality
+    detector for comparison runs (fusion needs both, so it must be disabled there)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if not (cfg.fusion.enabled or cfg.detection.enabled):
+            raise ValueError("model: enable at least one of model.fusion and model.detection")
+        if cfg.modality != "both" and cfg.fusion.enabled:
+            raise ValueError(
+                f"model.modality={cfg.modality} has one input, so it cannot fuse: "
+                "set model.fusion.enabled=false"
+            )
+        self.cfg = cfg
+        self.backbone = SharedBackbone(cfg.backbone, cfg.modality)
+        channels = self.backbone.out_channels
+        self.fusion = ORPPTHead(cfg.fusion, channels) if cfg.fusion.enabled else None
+        self.detector = None
+        if cfg.detection.enabled:
+            from e2emfd.models.detection import CFDPHead
+
+            self.detector = CFDPHead(
+                cfg.detection,
+                channels,
+                tuple(self.backbone.names[:4]),
+                tuple(self.backbone.strides[:4]),
+            )
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(
+            t for t in TASKS if getattr(self, "detector" if t == "detection" else t) is not None
+        )
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters both tasks train: backbone + FPN."""
+        return [p for p in self.backbone.parameters() if p.requires_grad]
+
+    def task_parameters(self) -> dict[str, list[nn.Parameter]]:
+        heads = {"detection": self.detector, "fusion": self.fusion}
+        return {t: [p for p in heads[t].parameters() if p.requires_grad] for t in self.tasks}
+
+    def forward(self, batch: dict, tasks: tuple[str, ...] | None = None) -> dict:
+        """batch: ``vis`` (B, 3, H, W), ``ir`` (B, 1, H, W) in [0, 1], H and W multiples of
+        32; ``image_sizes`` (B, 2); ``targets`` (training) as built by the collate.
+
+        Training: ``{"losses": {task: scalar}, "terms": {name: scalar}}``.
+        Eval: ``{"fused": (B, 1, H, W) luminance, "fused_rgb": (B, 3|1, H, W),
+        "detections": list of B dicts or None}``, in the padded input frame.
+        """
+        tasks = self.tasks if tasks is None else tuple(t for t in tasks if t in self.tasks)
+        vis, ir, sizes = batch["vis"], batch["ir"], batch["image_sizes"]
+        features = self.backbone(vis, ir)
+        if self.training:
+            losses, terms = {}, {}
+            if "fusion" in tasks:
+                out = self.fusion(features, vis, ir)
+                boxes = [t["boxes"] for t in batch["targets"]]
+                parts = fusion_loss(
+                    out["fused"], ir, out["luminance"], boxes, sizes, self.cfg.fusion
+                )
+                losses["fusion"] = sum(parts.values())
+                terms.update(parts)
+            if "detection" in tasks:
+                parts = self.detector(features, sizes, batch["targets"])
+                losses["detection"] = sum(parts.values())
+                terms.update(parts)
+            return {"losses": losses, "terms": terms}
+        result: dict = {"fused": None, "fused_rgb": None, "detections": None}
+        if "fusion" in tasks:
+            fused = self.fusion(features, vis, ir)["fused"]
+            result["fused"] = fused
+            result["fused_rgb"] = restore_color(fused, vis.float(), self.cfg.fusion.color)
+        if "detection" in tasks:
+            result["detections"] = self.detector(features, sizes)
+        return result
+
+    @torch.no_grad()
+    def fuse(self, vis: Tensor, ir: Tensor, color: str | None = None) -> Tensor:
+        """Fused images for (B, 3, H, W) visible and (B, 1, H, W) infrared in [0, 1], any
+        H, W: (B, 3, H, W) RGB, or (B, 1, H, W) for ``color="gray"``."""
+        if self.fusion is None:
+            raise ValueError("this model has no fusion head (model.fusion.enabled=false)")
+        h, w = vis.shape[-2:]
+        vis_p, ir_p = pad_batch(vis), pad_batch(ir)
+        features = self.backbone(vis_p, ir_p)
+        fused = self.fusion(features, vis_p, ir_p)["fused"][..., :h, :w]
+        return restore_color(fused, vis.float(), color or self.cfg.fusion.color)
+
+    @torch.no_grad()
+    def detect(self, vis: Tensor, ir: Tensor, **kwargs) -> list[dict[str, Tensor]]:
+        """Detections for one batch of same-size images in [0, 1], any H, W; boxes xyxy in
+        the input's pixels. kwargs (``num_proposals``, ``sampling_steps``) go to the head."""
+        if self.detector is None:
+            raise ValueError("this model has no detection head (model.detection.enabled=false)")
+        b, _, h, w = vis.shape
+        features = self.backbone(pad_batch(vis), pad_batch(ir))
+        sizes = torch.tensor([[h, w]] * b, device=vis.device)
+        return self.detector(features, sizes, **kwargs)
+
+
+def build_model(cfg: ModelConfig) -> E2EMFD:
+    return E2EMFD(cfg)

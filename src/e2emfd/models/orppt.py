@@ -1,0 +1,165 @@
+"""ORPPT, the Object-Region-Pixel Phylogenetic Tree fusion head (spec 2.2).
+
+A pixel branch (PFMM) reads the raw images at full resolution; K region branches (RFRM)
+read the shared pyramid P2..P(K+1); a gate lets the regions modulate the pixels, and a
+decoder predicts two per-pixel weight maps. The fused luminance is
+``F = w_ir * IR + w_vis * Y_vis``, clamped to [0, 1].
+
+Unlike the public code, every PFMM weight is a trained parameter.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from e2emfd.config import FusionConfig
+from e2emfd.models.color import luminance
+
+
+def conv3x3_relu(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)
+    )
+
+
+class FusionBlock(nn.Module):
+    """Three conv3x3+ReLU, then two parallel conv3x3+ReLU heads, concatenated:
+    (B, cin, H, W) -> (B, 2 * width, H, W)."""
+
+    def __init__(self, cin: int, width: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            conv3x3_relu(cin, width), conv3x3_relu(width, width), conv3x3_relu(width, width)
+        )
+        self.head_a = conv3x3_relu(width, width)
+        self.head_b = conv3x3_relu(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.body(x)
+        return torch.cat([self.head_a(x), self.head_b(x)], 1)
+
+
+class PixelBranch(nn.Module):
+    """PFMM: two fusion blocks at stride 1 on x0 = [IR, RGB] (B, 4, H, W) -> (B, 4w, H, W)."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.block1 = FusionBlock(4, width)
+        self.block2 = FusionBlock(2 * width, 2 * width)
+        self.out_channels = 4 * width
+
+    def forward(self, x0: Tensor) -> Tensor:
+        return self.block2(self.block1(x0))
+
+
+class SelectiveKernelAttention(nn.Module):
+    """M attention maps from a selective-kernel unit over one pyramid level.
+
+    Two conv3x3 paths (dilation 1 and 2, BN + ReLU) each predict M maps; global pooling of
+    their sum -> FC M->32 -> ReLU -> FC -> a softmax over the paths per map; the weighted
+    sum of the paths is the M maps. (B, C, h, w) -> (B, M, h, w).
+    """
+
+    def __init__(self, channels: int, maps: int = 2, reduction: int = 32, paths: int = 2) -> None:
+        super().__init__()
+        self.paths = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(channels, maps, 3, padding=d, dilation=d, bias=False),
+                nn.BatchNorm2d(maps),
+                nn.ReLU(inplace=True),
+            )
+            for d in range(1, paths + 1)
+        )
+        self.squeeze = nn.Sequential(nn.Linear(maps, reduction), nn.ReLU(inplace=True))
+        self.select = nn.Linear(reduction, maps * paths)
+        self.maps = maps
+
+    def forward(self, feat: Tensor) -> Tensor:
+        outs = torch.stack([path(feat) for path in self.paths], 1)  # (B, P, M, h, w)
+        z = self.squeeze(outs.sum(1).mean((2, 3)))  # (B, reduction)
+        weights = self.select(z).view(feat.shape[0], len(self.paths), self.maps).softmax(1)
+        return (outs * weights[..., None, None]).sum(1)
+
+
+class RegionBranch(nn.Module):
+    """RFRM: features re-weighted by each attention map, concatenated:
+    (B, C, h, w) -> (B, M * C, h, w)."""
+
+    def __init__(self, channels: int, maps: int = 2) -> None:
+        super().__init__()
+        self.attention = SelectiveKernelAttention(channels, maps)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        attn = self.attention(feat)
+        return torch.cat([feat * attn[:, m : m + 1] for m in range(attn.shape[1])], 1)
+
+
+def hsigmoid(x: Tensor) -> Tensor:
+    return F.relu6(x + 3.0) / 6.0
+
+
+def conv1x1_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class ORPPTHead(nn.Module):
+    """Predicts the fused luminance from the shared pyramid and the raw images.
+
+    ``forward(features, vis, ir)``: features ``p2``.. (B, C, H/s, W/s), vis (B, 3, H, W) and
+    ir (B, 1, H, W) in [0, 1]. Returns ``fused`` (B, 1, H, W) in [0, 1], the weight maps
+    ``w_ir`` and ``w_vis`` (B, 1, H, W), and ``luminance`` (B, 1, H, W), the visible
+    channel that was fused.
+    """
+
+    level_names = ("p2", "p3", "p4", "p5")
+
+    def __init__(self, cfg: FusionConfig, in_channels: int = 256) -> None:
+        super().__init__()
+        if not 0 <= cfg.num_regions <= 4:
+            raise ValueError(f"model.fusion.num_regions must be in 0..4, got {cfg.num_regions}")
+        self.color = cfg.color
+        self.levels = self.level_names[: cfg.num_regions]
+        hidden = cfg.hidden
+        self.pixel = PixelBranch(cfg.pixel_channels)
+        self.regions = nn.ModuleList(
+            RegionBranch(in_channels, cfg.region_paths) for _ in self.levels
+        )
+        # The 1x1 reduction of the summed, upsampled branch outputs is linear, and so is
+        # bilinear upsampling: reducing each branch at its own resolution first and then
+        # upsampling gives the same R with 4x fewer full-resolution channels.
+        self.region_reduce = nn.Conv2d(cfg.region_paths * in_channels, hidden, 1, bias=False)
+        self.region_bias = nn.Parameter(torch.zeros(hidden))
+        self.pixel_proj = conv1x1_bn_relu(self.pixel.out_channels, hidden)
+        self.gate = conv1x1_bn_relu(hidden, hidden)
+        widths = [hidden, hidden // 2, hidden // 2, hidden // 2, hidden // 4]
+        self.decoder = nn.Sequential(
+            *(conv3x3_relu(a, b) for a, b in zip(widths[:-1], widths[1:])),
+            nn.Conv2d(widths[-1], 2, 1),
+        )
+
+    def regions_at(self, features: dict[str, Tensor], size: tuple[int, int]) -> Tensor | None:
+        """R (B, hidden, H, W): the region branches, reduced, upsampled and summed."""
+        if not self.levels:
+            return None
+        total = None
+        for name, branch in zip(self.levels, self.regions):
+            reduced = self.region_reduce(branch(features[name]))
+            up = F.interpolate(reduced, size=size, mode="bilinear", align_corners=False)
+            total = up if total is None else total + up
+        return F.relu(total + self.region_bias.view(1, -1, 1, 1))
+
+    def forward(self, features: dict[str, Tensor], vis: Tensor, ir: Tensor) -> dict[str, Tensor]:
+        size = (vis.shape[-2], vis.shape[-1])
+        x0 = torch.cat([ir, vis], 1)
+        pixels = self.pixel_proj(self.pixel(x0))
+        regions = self.regions_at(features, size)
+        gated = pixels if regions is None else pixels * hsigmoid(self.gate(regions)) + pixels
+        weights = torch.sigmoid(self.decoder(gated).float())
+        w_ir, w_vis = weights[:, :1], weights[:, 1:]
+        lum = luminance(vis.float(), self.color)
+        fused = (w_ir * ir.float() + w_vis * lum).clamp(0.0, 1.0)
+        return {"fused": fused, "w_ir": w_ir, "w_vis": w_vis, "luminance": lum}
