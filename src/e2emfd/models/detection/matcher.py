@@ -57,16 +57,18 @@ def dynamic_k_assign(cost: Tensor, iou: Tensor, ota_k: int) -> Tensor:
     cheapest = torch.zeros_like(matching).scatter_(1, cost.argmin(1, keepdim=True), True)
     matching = torch.where(multi[:, None], cheapest, matching)
 
-    # boxes left without a proposal take the cheapest still-free one, one box at a time so
-    # that no proposal is given twice
-    unmatched = (~matching.any(0)).nonzero().flatten().tolist()
-    if unmatched:
+    # a box left without a proposal takes the cheapest free one, or, when none is free,
+    # the cheapest one of a box that has several; one box at a time so that no proposal
+    # is given twice (rare: a few host syncs)
+    for col in (~matching.any(0)).nonzero().flatten().tolist():
         used = matching.any(1)
-        free_cost = cost.masked_fill(used[:, None], float("inf"))
-        for col in unmatched[: int((~used).sum())]:
-            row = free_cost[:, col].argmin()
-            matching[row, col] = True
-            free_cost[row] = float("inf")
+        shared = used & (matching.sum(0)[matching.int().argmax(1)] > 1)
+        pool = ~used if not bool(used.all()) else shared
+        if not bool(pool.any()):
+            break  # more boxes than proposals
+        row = cost[:, col].masked_fill(~pool, float("inf")).argmin()
+        matching[row] = False
+        matching[row, col] = True
     return matching
 
 

@@ -34,7 +34,7 @@ def select_detections(
     max_detections: int = 100,
     score_threshold: float = 0.0,
 ) -> list[dict[str, Tensor]]:
-    """Clip, per-class NMS and keep the best ``max_detections`` of each image.
+    """Clip, drop empty boxes, per-class NMS, keep the best ``max_detections`` per image.
 
     scores, labels: (B, K); boxes: (B, K, 4) pixel xyxy; whwh: (B, 4). NMS runs once for
     the whole batch (images and classes kept apart by the NMS group index).
@@ -48,7 +48,9 @@ def select_detections(
     )
     kept = torch.zeros(b * k, dtype=torch.bool, device=scores.device)
     kept[keep] = True
-    kept = kept.view(b, k) & (scores > score_threshold)
+    # boxes clipped to nothing (proposals outside the image) are dropped
+    nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    kept = kept.view(b, k) & nonempty & (scores > score_threshold)
     # sigmoid scores are >= 0, so -1 marks what NMS or the threshold removed
     ranked, order = torch.where(kept, scores, torch.full_like(scores, -1.0)).topk(
         min(max_detections, k), dim=1
