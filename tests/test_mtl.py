@@ -115,17 +115,25 @@ def test_all_zero_gradients() -> None:
     assert torch.isnan(condition_number(gram))
 
 
-def test_gram_matrix_per_parameter_with_none() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_gram_matrix_per_parameter_with_none(device: str) -> None:
+    # Sizes chosen so that the float64 chunks (~total/8) split tensors and span several.
     gen = torch.Generator().manual_seed(0)
-    a = [torch.randn(3, 4, generator=gen), None, torch.randn(5, generator=gen)]
-    b = [torch.randn(3, 4, generator=gen), torch.randn(2, generator=gen), None]
-    flat = [
-        torch.cat([x.double().flatten() if x is not None else torch.zeros(n, dtype=F64)
-                   for x, n in zip(grads, (12, 2, 5))])
-        for grads in (a, b)
+    shapes = [(30, 200), (7,), (1, 9000), (64, 3, 3, 3), (5,)]
+    none_at = {0: {1, 3}, 1: {2}, 2: {1}}  # task -> parameters with no gradient
+    grads = [
+        [None if k in none_at[t] else torch.randn(sh, generator=gen).to(device)
+         for k, sh in enumerate(shapes)]
+        for t in range(3)
     ]  # fmt: skip
-    g = torch.stack(flat)
-    torch.testing.assert_close(gram_matrix([a, b]), g @ g.T, rtol=1e-12, atol=1e-12)
+    g = torch.stack([
+        torch.cat([torch.zeros(torch.Size(sh).numel(), dtype=F64) if x is None
+                   else x.cpu().double().flatten() for x, sh in zip(row, shapes)])
+        for row in grads
+    ])  # fmt: skip
+    got = gram_matrix(grads)
+    assert got.dtype == F64 and got.device.type == device
+    torch.testing.assert_close(got.cpu(), g @ g.T, rtol=1e-12, atol=1e-9)
 
 
 # ----------------------------------------------------------------------------- tiny model

@@ -10,10 +10,11 @@ Contract of :meth:`TaskBalancer.backward` (the caller zeroes grads before, as fo
 
 Memory on a balancing step, on top of a plain step: the retained graph of the first backward
 (the activations a plain step also holds at its peak), one stashed copy of the shared
-gradients per task except the last (one copy for two tasks), and a float64 chunk of at most
-``T * 2`` MiB for the Gram matrix. No ``create_graph``, no ``T x P`` Jacobian: every method
-works on the ``T x T`` Gram matrix (torchjd's Gramian weightings take exactly that; Nash-MTL
-takes a ``T x T`` square root of it, which has the same Gram).
+gradients per task except the last (one copy for two tasks), and a ``[T, chunk]`` float64
+buffer for the Gram matrix (at most ``T / 4`` copies, and at most ``T * 16`` MiB). No
+``create_graph``, no ``T x P`` Jacobian: every method works on the ``T x T`` Gram matrix
+(torchjd's Gramian weightings take exactly that; Nash-MTL takes a ``T x T`` square root of
+it, which has the same Gram).
 
 Distributed training (DDP): on balancing steps (:meth:`TaskBalancer.balances`) the trainer
 runs ``backward`` under ``model.no_sync()``, passes ``reduce_fn`` (e.g.
@@ -164,20 +165,20 @@ class TaskBalancer:
             if loss.requires_grad:
                 loss.backward(retain_graph=i != last_backward)
             is_last = i == len(losses) - 1
-            grads: GradList = []
             for p in self.shared_params:
                 if p.grad is None and materialise:
                     # Every rank must hand reduce_fn the same tensors, even for a task that
                     # does not reach this parameter here.
                     p.grad = torch.zeros_like(p)
-                if p.grad is None:
-                    grads.append(None)
-                elif is_last:
-                    grads.append(p.grad)
-                else:
-                    grads.append(p.grad.clone())
-                    p.grad.zero_()
-            task_grads.append(grads)
+            live: GradList = [p.grad for p in self.shared_params]
+            if is_last:
+                task_grads.append(live)
+                continue
+            present = [g for g in live if g is not None]
+            # Fused copy (x * 1 is exact) and zeroing: one launch per group, not per tensor.
+            copies = iter(torch._foreach_mul(present, 1.0) if present else [])
+            torch._foreach_zero_(present)
+            task_grads.append([None if g is None else next(copies) for g in live])
         return task_grads
 
     def _weights(self, gram: Tensor, n_tasks: int) -> Tensor:

@@ -24,12 +24,22 @@ __all__ = [
 GradList = list[Tensor | None]
 ReduceFn = Callable[[list[Tensor]], None]
 
-# Elements per float64 chunk in gram_matrix: bounds its temporary to T * 2 MiB.
-_GRAM_CHUNK = 1 << 18
+
+def _chunk_size(total: int) -> int:
+    """Elements per float64 chunk: about an eighth of the model, between 2^12 and 2^21.
+
+    An eighth keeps the ``[T, chunk]`` float64 buffer at ``T / 4`` copies of float32 shared
+    gradients for small models; the cap bounds it to ``T * 16`` MiB for large ones, which then
+    need ``total / 2^21`` chunks (a few dozen launches for a ResNet-50), not one per tensor.
+    """
+    return min(1 << 21, max(1 << 12, -(-total // 8)))
 
 
 def gram_matrix(task_grads: Sequence[Sequence[Tensor | None]]) -> Tensor:
-    """Gram matrix ``G G^T`` of per-task gradient lists, by per-parameter dot products.
+    """Gram matrix ``G G^T`` of per-task gradient lists, without concatenating them.
+
+    The parameters are walked in order and packed into float64 chunks of a few million
+    elements (a tensor can span chunks); each chunk adds its ``[T, T]`` product. No host sync.
 
     Args:
         task_grads: ``T`` lists, each with one entry per shared parameter (same order and
@@ -37,29 +47,46 @@ def gram_matrix(task_grads: Sequence[Sequence[Tensor | None]]) -> Tensor:
 
     Returns:
         ``[T, T]`` float64 on the device of the first non-``None`` gradient (CPU if all are
-        ``None``). Products are accumulated in float64 in chunks of at most 2^18 elements.
+        ``None``).
     """
     n_tasks = len(task_grads)
-    device = next(
-        (g.device for grads in task_grads for g in grads if g is not None), torch.device("cpu")
-    )
+    # One representative (non-None) gradient per parameter, for its size and device.
+    present = [next((g for g in per if g is not None), None) for per in zip(*task_grads)]
+    numels = [0 if g is None else g.numel() for g in present]
+    device = next((g.device for g in present if g is not None), torch.device("cpu"))
     gram = torch.zeros(n_tasks, n_tasks, dtype=torch.float64, device=device)
-    for per_param in zip(*task_grads):
-        present = [t for t, g in enumerate(per_param) if g is not None]
-        if not present:
-            continue
-        flats = [per_param[t].reshape(-1) for t in present]
-        block = torch.zeros(len(present), len(present), dtype=torch.float64, device=device)
-        numel = flats[0].numel()
-        buf = torch.empty(len(present), min(numel, _GRAM_CHUNK), dtype=torch.float64, device=device)
-        for start in range(0, numel, _GRAM_CHUNK):
-            stop = min(start + _GRAM_CHUNK, numel)
-            chunk = buf[:, : stop - start]
-            for row, f in zip(chunk, flats):
-                row.copy_(f[start:stop])  # casts to float64 without another temporary
-            block += chunk @ chunk.T
-        idx = torch.tensor(present, device=device)
-        gram[idx.unsqueeze(1), idx.unsqueeze(0)] += block
+    total = sum(numels)
+    if total == 0:
+        return gram
+    chunk = _chunk_size(total)
+    buf = torch.empty(n_tasks, min(chunk, total), dtype=torch.float64, device=device)
+    flats = [[None if g is None else g.reshape(-1) for g in grads] for grads in task_grads]
+    zero = torch.zeros((), device=device)
+    segments: list[tuple[int, int, int]] = []  # (parameter, start, stop) in the open chunk
+    size = 0
+
+    def flush() -> None:
+        for t in range(n_tasks):
+            pieces = [
+                zero.expand(b - a) if flats[t][k] is None else flats[t][k][a:b]
+                for k, a, b in segments
+            ]
+            torch.cat(pieces, out=buf[t, :size])  # casts to float64 on the way
+        gram.addmm_(buf[:, :size], buf[:, :size].T)
+        segments.clear()
+
+    for k, n in enumerate(numels):
+        start = 0
+        while start < n:
+            take = min(n - start, chunk - size)
+            segments.append((k, start, start + take))
+            start += take
+            size += take
+            if size == chunk:
+                flush()
+                size = 0
+    if segments:
+        flush()
     return gram
 
 
@@ -74,7 +101,8 @@ def combine_into_grads(
     parameter has no grad): they are scaled in place and the other tasks are added to them, so
     no new full-size tensor is allocated. Where the last task has ``None``, the first other
     non-``None`` tensor (owned by the caller, e.g. a stash) is scaled in place and becomes
-    ``.grad``. A parameter with ``None`` for every task keeps ``grad = None``.
+    ``.grad``. A parameter with ``None`` for every task keeps ``grad = None``. Parameters
+    present in every task go through fused ``_foreach`` kernels.
 
     Args:
         params: ``K`` parameters.
@@ -82,11 +110,15 @@ def combine_into_grads(
         weights: ``T`` Python floats (no device sync is needed to apply them).
     """
     last = len(task_grads) - 1
+    full: list[int] = []
     for k, p in enumerate(params):
         target = task_grads[last][k]
+        if target is not None and target is not p.grad:
+            raise ValueError("the last task's gradients must be the live .grad tensors")
+        if all(grads[k] is not None for grads in task_grads):
+            full.append(k)
+            continue
         if target is not None:
-            if target is not p.grad:
-                raise ValueError("the last task's gradients must be the live .grad tensors")
             target.mul_(weights[last])
         for t in range(last):
             g = task_grads[t][k]
@@ -97,6 +129,11 @@ def combine_into_grads(
                 p.grad = target
             else:
                 target.add_(g, alpha=weights[t])
+    if full:
+        targets = [task_grads[last][k] for k in full]
+        torch._foreach_mul_(targets, weights[last])
+        for t in range(last):
+            torch._foreach_add_(targets, [task_grads[t][k] for k in full], alpha=weights[t])
 
 
 def average_gradients(params: Sequence[nn.Parameter], reduce_fn: ReduceFn) -> None:
