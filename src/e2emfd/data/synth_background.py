@@ -142,7 +142,7 @@ def render_background(
     # Visible texture at two scales (stains, wear, grain); the infrared gets none of it.
     texture = 0.10 * smooth_noise(rng, (h, w), 12) + 0.04 * smooth_noise(rng, (h, w), 3)
     vis *= 1.0 + texture[..., None]
-    vis += rng.normal(0, 0.02, (h, w, 1)).astype(np.float32)
+    vis += 0.02 * rng.standard_normal((h, w, 1), dtype=np.float32)
     # Infrared: gentle low-frequency temperature variation and a few warm patches on the
     # ground (manholes, sun-warmed spots) so that "warm" alone does not mean "object".
     ir[yh:] += 0.02 * smooth_noise(rng, (h - yh, w), 40)

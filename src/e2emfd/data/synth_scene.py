@@ -330,7 +330,7 @@ def _finish_visible(st, rng, objs, albedo, emit, index, light, glare, windows) -
             g = glare[..., None]
             vis = vis * (1 - g) + g * np.array([1.0, 0.98, 0.92]) + 0.06
     vis = cv2.GaussianBlur(vis.astype(np.float32), (0, 0), 0.6)
-    vis += rng.normal(0.0, noise, (h, w, 3)).astype(np.float32)
+    vis += noise * rng.standard_normal((h, w, 3), dtype=np.float32)
     return np.round(np.clip(vis, 0, 1) * 255).astype(np.uint8)
 
 
@@ -343,8 +343,8 @@ def _finish_ir(st, rng, objs, ir, index) -> np.ndarray:
         t = np.exp(-0.15 * st.fog_beta * np.maximum(depth - 0.6, 0.0))
         ir = ir * t + st.ground_t * (1 - t)
     ir = cv2.GaussianBlur(ir.astype(np.float32), (0, 0), 0.8)
-    ir += rng.normal(0.0, 0.012, (h, w)).astype(np.float32)
-    ir += rng.normal(0.0, 0.004, (1, w)).astype(np.float32)  # column fixed-pattern noise
+    ir += 0.012 * rng.standard_normal((h, w), dtype=np.float32)
+    ir += 0.004 * rng.standard_normal((1, w), dtype=np.float32)  # column fixed-pattern noise
     return np.round(np.clip(ir, 0, 1) * 255).astype(np.uint8)
 
 

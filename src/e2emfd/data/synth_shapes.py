@@ -178,7 +178,7 @@ def car(rng: np.random.Generator, w: float, h: float, running: bool) -> list[Par
                 [[0, 0.45 * h], [0.05 * w, 0.38 * h], [w, 0.42 * h], [w, 0.80 * h], [0, 0.80 * h]]
             ),
             body,
-            0.07 * warm + 0.01,
+            0.09 * warm + 0.01,
         ),
         _poly(
             np.array(
@@ -228,7 +228,7 @@ def bus(rng: np.random.Generator, w: float, h: float, running: bool) -> list[Par
     warm = 1.0 if running else 0.0
     r = 0.13 * h
     parts = [
-        _poly(_rect(0, 0.02 * h, w, h - 0.9 * r), body, 0.05 * warm + 0.01),
+        _poly(_rect(0, 0.02 * h, w, h - 0.9 * r), body, 0.07 * warm + 0.01),
         _poly(_rect(0, 0.50 * h, w, 0.56 * h), _jitter(rng, (0.2, 0.2, 0.2), 0.1), 0.0),
     ]
     n = int(rng.integers(5, 8))
@@ -263,7 +263,7 @@ def truck(rng: np.random.Generator, w: float, h: float, running: bool) -> list[P
     r = 0.14 * h
     split = rng.uniform(0.68, 0.75) * w
     parts = [
-        _poly(_rect(0, 0, split - 0.02 * w, 0.78 * h), cargo, 0.03 * warm),
+        _poly(_rect(0, 0, split - 0.02 * w, 0.78 * h), cargo, 0.05 * warm),
         _poly(_rect(0, 0.74 * h, w, 0.84 * h), (0.15, 0.15, 0.15), 0.04 * warm),
         _poly(
             np.array(
@@ -276,7 +276,7 @@ def truck(rng: np.random.Generator, w: float, h: float, running: bool) -> list[P
                 ]
             ),
             cab,
-            0.08 * warm,
+            0.10 * warm,
         ),
         _poly(
             np.array(
