@@ -35,7 +35,7 @@ far objects fade into the airlight. Glare: a day scene with a saturated bright r
 
 Thermal physics, infrared image. Values are relative to the scene's ground temperature:
 people hot (skin +0.36, clothes +0.22..0.26); running vehicles warm (engine hot spot +0.3,
-exhaust +0.45, tyres +0.2, body +0.05..0.08, glass colder than body); parked vehicles at
+exhaust +0.45, tyres +0.2, body +0.05..0.10, glass colder than body); parked vehicles at
 ambient (within +-0.02: weak in the infrared, clear in daylight); lamps take the temperature
 of the background behind them (cold metal, LED heads); motorcycles are always ridden (warm
 engine, rider). The background is smooth and low-frequency: cold sky, ground, buildings and
@@ -49,9 +49,9 @@ falling on the object (at least 0.5 for running vehicles, which show by their ow
 1 for lit lamps). ``ir_factor`` is the thermal contrast left: 1 for people and running
 vehicles (times the infrared fog transmission), 0.1 for parked vehicles, 0 for lamps.
 ``vis = vis_factor >= 0.2``, ``ir = ir_factor >= 0.4``. An object seen in neither is not
-placed. About 70% of objects are seen in both, ~17% only in the visible (lamps, parked
-vehicles by day) and ~13% only in the infrared (people in the dark, far objects in fog,
-objects in the glare).
+placed. Over 200 scenes (seed 0) 71% of objects are seen in both, 15% only in the visible
+(lamps, parked vehicles by day) and 14% only in the infrared (people in the dark, far
+objects in fog, objects in the glare).
 
 Files (``generate_dataset``): ``Vis/<id>.png`` RGB, ``Ir/<id>.png`` 1-channel, both
 8-bit; ``Annotations/<id>.xml`` Pascal VOC as in M3FD; ``ImageSets/Main/{train,test}.txt``;
