@@ -308,6 +308,19 @@ def test_project_voc_reader_recovers_the_boxes(small_dataset):
     assert [CLASSES[i] for i in ann.labels] == [o["class"] for o in first["objects"]]
 
 
+def test_project_dataset_loads_the_layout(small_dataset, recwarn):
+    from e2emfd.data.datasets import PairDataset
+
+    ds = PairDataset.from_labelled(small_dataset, "voc", list(CLASSES), split="test")
+    assert len(ds) == 2 and not recwarn.list
+    sample = ds[0]
+    assert tuple(sample["vis"].shape) == (3, 128, 160) and tuple(sample["ir"].shape) == (
+        1,
+        128,
+        160,
+    )
+
+
 def test_split_is_exact_and_stable():
     for frac in (0.0, 0.2, 0.25, 0.33):
         for n in (1, 7, 50, 101):
