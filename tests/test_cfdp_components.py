@@ -18,6 +18,7 @@ from e2emfd.models.detection.boxes import (
 from e2emfd.models.detection.diffusion import BoxDiffusion, cosine_alphas_cumprod, ddim_timesteps
 from e2emfd.models.detection.head import DynamicConv, RefinementStage, SinusoidalTimeEmbedding
 from e2emfd.models.detection.pooler import MultiLevelRoIAlign, assign_levels
+from e2emfd.models.detection.postprocess import select_detections, topk_candidates
 
 # ---------------------------------------------------------------------------- boxes
 
@@ -225,3 +226,35 @@ def test_stage_timestep_modulates_the_output():
     a = stage(rois, boxes, None, temb)[0]
     b = stage(rois, boxes, None, temb + 1.0)[0]
     assert not torch.allclose(a, b)
+
+
+# ---------------------------------------------------------------------------- postprocess
+
+
+def test_topk_candidates_hand_case():
+    logits = torch.tensor([[[0.0, 3.0], [2.0, -1.0], [-2.0, 1.0]]])  # (1, 3 proposals, 2)
+    boxes = torch.arange(12, dtype=torch.float32).view(1, 3, 4)
+    scores, labels, picked = topk_candidates(logits, boxes, 3)
+    torch.testing.assert_close(scores, torch.sigmoid(torch.tensor([[3.0, 2.0, 1.0]])))
+    assert labels.tolist() == [[1, 0, 1]]
+    assert picked[0].tolist() == [boxes[0, 0].tolist(), boxes[0, 1].tolist(), boxes[0, 2].tolist()]
+
+
+def test_select_detections_hand_case():
+    box = [10.0, 10.0, 30.0, 30.0]
+    near = [11.0, 11.0, 31.0, 31.0]  # IoU ~0.82 with box
+    outside = [70.0, 10.0, 90.0, 30.0]  # clipped to nothing in a 64-wide image
+    boxes = torch.tensor([[box, near, near, outside, [40.0, 40, 50, 50]]] * 2)
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.95, 0.1], [0.9, 0.8, 0.7, 0.95, 0.1]])
+    labels = torch.tensor([[0, 0, 1, 0, 2], [0, 0, 1, 0, 2]])
+    whwh = torch.tensor([[64.0, 64, 64, 64], [64.0, 64, 64, 64]])
+    out = select_detections(scores, labels, boxes, whwh, num_classes=3, nms_threshold=0.5)
+    # same-class duplicate removed, other class kept, empty box dropped, images apart
+    for o in out:
+        assert o["scores"].tolist() == pytest.approx([0.9, 0.7, 0.1])
+        assert o["labels"].tolist() == [0, 1, 2]
+        assert o["boxes"][0].tolist() == box
+    capped = select_detections(scores, labels, boxes, whwh, 3, 0.5, max_detections=2)
+    assert [len(o["scores"]) for o in capped] == [2, 2]
+    thresholded = select_detections(scores, labels, boxes, whwh, 3, 0.5, score_threshold=0.5)
+    assert thresholded[0]["labels"].tolist() == [0, 1]

@@ -125,6 +125,21 @@ def test_bf16_autocast_on_cpu():
     assert out[0]["boxes"].dtype == torch.float32
 
 
+def test_boxes_are_detached_between_stages():
+    head = CFDPHead(_cfg(num_stages=3), in_channels=HIDDEN)
+    feats = list(_features(1, 64, 64).values())
+    boxes = torch.tensor([[[10.0, 10, 40, 40], [20, 5, 60, 30]]])
+    logits, stage_boxes = head.refine(feats, boxes, torch.tensor([500]))
+    # stage 2's boxes depend on stage 1's box layer only through the detached boxes
+    stage_boxes[1].sum().backward(retain_graph=True)
+    assert head.stages[0].box_deltas.weight.grad is None
+    assert head.stages[1].box_deltas.weight.grad.abs().sum() > 0
+    # while the proposal features are passed on with their gradient
+    head.zero_grad()
+    logits[1].sum().backward()
+    assert head.stages[0].ffn[0].weight.grad.abs().sum() > 0
+
+
 def test_config_checks():
     with pytest.raises(ValueError):
         CFDPHead(_cfg(), in_channels=HIDDEN * 2)

@@ -98,7 +98,6 @@ class SetCriterion:
         total: dict[str, Tensor] = {}
         for logits, boxes in zip(stage_logits, stage_boxes):
             for key, value in self.stage_loss(logits, boxes, targets, whwh).items():
-                total[key] = (
-                    total[key] + weights[key] * value if key in total else weights[key] * value
-                )
+                weighted = weights[key] * value
+                total[key] = total[key] + weighted if key in total else weighted
         return total
