@@ -1,0 +1,143 @@
+"""Image-fusion quality metrics in two named conventions.
+
+Published fusion papers report EN, SD, SF, AG, MI, SCD, CC, VIF, Qabf, Nabf, SSIM, PSNR and
+MSE, but the numbers depend on which evaluator computed them. Two are reproduced here:
+
+- ``convention="python"``: the CDDFuse ``Evaluator`` (0-255 floats everywhere, MI in nats,
+  SSIM with data_range=2, PSNR peak = max(F)); see :mod:`e2emfd.metrics.fusion_python`.
+- ``convention="matlab"``: the Linfeng-Tang MATLAB toolbox, 2022 state (uint8 saturation
+  in SD, VIF and MI, MI in bits, 0-1 scaling for SF/CC/SCD/Qabf/MSE, PSNR peak 255 on the
+  0-1 MSE); see :mod:`e2emfd.metrics.fusion_matlab`.
+
+Values of the two conventions are not comparable for SD, VIF, MI, SF, MSE and PSNR.
+
+Example::
+
+    ir, vis, fused = (load_grey(p, "python") for p in ("ir.png", "vi.png", "fused.png"))
+    scores = fusion_metrics(fused, ir, vis, convention="python", metrics=["EN", "MI"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from e2emfd.metrics import fusion_matlab, fusion_python
+from e2emfd.metrics.fusion_io import CONVENTIONS, check_convention, load_grey, to_grey_levels
+
+__all__ = [
+    "CONVENTIONS",
+    "METRIC_NAMES",
+    "fusion_metrics",
+    "load_grey",
+    "metric_definition",
+    "resolve_metric_names",
+    "to_grey_levels",
+]
+
+METRIC_NAMES: tuple[str, ...] = (
+    "EN",
+    "SD",
+    "SF",
+    "AG",
+    "MI",
+    "SCD",
+    "CC",
+    "VIF",
+    "Qabf",
+    "Nabf",
+    "SSIM",
+    "PSNR",
+    "MSE",
+)
+
+_IMPLEMENTATIONS: dict[str, dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]]] = {
+    "python": fusion_python.METRICS,
+    "matlab": fusion_matlab.METRICS,
+}
+
+
+def resolve_metric_names(metrics: Iterable[str] | str | None) -> list[str]:
+    """Canonical metric names (case-insensitive input, a comma-separated string allowed);
+    ``None`` means all of :data:`METRIC_NAMES`, in that order."""
+    if metrics is None:
+        return list(METRIC_NAMES)
+    if isinstance(metrics, str):
+        metrics = [m for m in metrics.split(",") if m.strip()]
+    lookup = {name.lower(): name for name in METRIC_NAMES}
+    names: list[str] = []
+    for raw in metrics:
+        name = lookup.get(raw.strip().lower())
+        if name is None:
+            raise ValueError(
+                f"unknown metric {raw.strip()!r}; choose from {', '.join(METRIC_NAMES)}"
+            )
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError("no metric requested")
+    return names
+
+
+def metric_definition(name: str, convention: str) -> str:
+    """The definition of one metric in one convention (the implementing function's docstring)."""
+    (canonical,) = resolve_metric_names([name])
+    doc = _IMPLEMENTATIONS[check_convention(convention)][canonical].__doc__ or ""
+    return " ".join(doc.split())
+
+
+def _as_batch(x: Tensor, role: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{role}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (2, 3):
+        raise ValueError(f"{role}: expected shape (H, W) or (B, H, W), got {tuple(x.shape)}")
+    if x.is_complex():
+        raise ValueError(f"{role}: complex tensors are not images")
+    x = x.to(torch.float64)
+    return x.unsqueeze(0) if x.dim() == 2 else x
+
+
+def fusion_metrics(
+    fused: Tensor,
+    ir: Tensor,
+    vis: Tensor,
+    convention: str = "python",
+    metrics: Iterable[str] | str | None = None,
+) -> dict[str, Tensor]:
+    """Fusion metrics of ``fused`` against the sources ``ir`` (A) and ``vis`` (B).
+
+    Args:
+        fused, ir, vis: greyscale images in the convention's representation: tensors of
+            shape ``(H, W)`` or ``(B, H, W)`` (all the same shape and device) holding
+            integer grey levels 0..255, as :func:`load_grey` or :func:`to_grey_levels`
+            return them. Any real dtype; computation is float64. Histogram metrics (EN, MI)
+            round the values to grey levels.
+        convention: ``"python"`` (CDDFuse evaluator) or ``"matlab"`` (Tang toolbox 2022).
+        metrics: names from :data:`METRIC_NAMES` (case-insensitive); ``None`` = all.
+    Returns:
+        ``{name: values}`` in the requested order; values are float64 of shape ``(B,)`` on
+        the input device, or 0-d tensors for unbatched input.
+    Raises:
+        ValueError: unknown convention or metric, mismatched shapes, values outside 0..255,
+            or images too small for a windowed metric (VIF needs 41x41).
+    """
+    impl = _IMPLEMENTATIONS[check_convention(convention)]
+    names = resolve_metric_names(metrics)
+    unbatched = isinstance(fused, Tensor) and fused.dim() == 2
+    f, a, b = _as_batch(fused, "fused"), _as_batch(ir, "ir"), _as_batch(vis, "vis")
+    if not f.shape == a.shape == b.shape:
+        shapes = f"fused {tuple(fused.shape)}, ir {tuple(ir.shape)}, vis {tuple(vis.shape)}"
+        raise ValueError(f"images must have the same shape, got {shapes}")
+    if not f.device == a.device == b.device:
+        raise ValueError(f"images must be on one device, got {f.device}, {a.device}, {b.device}")
+    stats = torch.stack([torch.stack(x.aminmax()) for x in (f, a, b)])
+    lo, hi = stats.min().item(), stats.max().item()
+    if not (0.0 <= lo and hi <= 255.0):  # NaN fails both comparisons too
+        raise ValueError(f"grey levels must lie in 0..255, got values in [{lo:g}, {hi:g}]")
+    out = {}
+    for name in names:
+        values = impl[name](f, a, b)
+        out[name] = values[0] if unbatched else values
+    return out

@@ -1,0 +1,165 @@
+"""The ``"python"`` convention: the ``Evaluator`` of the CDDFuse project (MMIF-CDDFuse,
+``utils/Evaluator.py``), as commonly used in Python fusion papers.
+
+Every metric works on the 0-255 greyscale image as loaded by :func:`load_grey` (OpenCV
+BGR -> GRAY, rounded). The reference evaluator keeps much of its arithmetic in float32; this
+implementation uses float64 throughout, so values agree to about 1e-6 relative.
+
+Each function takes the fused image F and the sources A (infrared) and B (visible), each
+``(B, H, W)`` float64 0..255 on any device, and returns ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from e2emfd.metrics.fusion_core import (
+    correlate_valid,
+    entropy_bits,
+    entropy_from_counts,
+    gradient_magnitude_sum,
+    grey_histogram,
+    image_mean,
+    joint_histogram,
+    mse_pair,
+    pearson,
+    qabf,
+    scd,
+    spatial_frequency,
+    to_levels,
+)
+from e2emfd.metrics.fusion_windowed import nabf, vifp
+
+
+def en(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """EN: Shannon entropy in bits of the 256-bin histogram of uint8(round(F))."""
+    return entropy_bits(f)
+
+
+def sd(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """SD: population standard deviation of F (``np.std``, ddof 0)."""
+    centred = f - image_mean(f)[:, None, None]
+    return torch.sqrt(image_mean(centred * centred))
+
+
+def sf(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """SF: sqrt(mean(horizontal first difference^2) + mean(vertical first difference^2))."""
+    return spatial_frequency(f)
+
+
+def ag(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """AG: mean over all M*N pixels of sqrt((gx^2 + gy^2) / 2), MATLAB-style gradients."""
+    return gradient_magnitude_sum(f) / (f.shape[-1] * f.shape[-2])
+
+
+def mutual_information_nats(x: Tensor, y: Tensor) -> Tensor:
+    """MI(X, Y) in nats from the exact joint histogram of the grey levels, as
+    ``sklearn.metrics.mutual_info_score`` gives for integer-valued images. ``(B,)``."""
+    lx, ly = to_levels(x), to_levels(y)
+    joint = entropy_from_counts(joint_histogram(lx, ly))
+    return entropy_from_counts(grey_histogram(lx)) + entropy_from_counts(grey_histogram(ly)) - joint
+
+
+def mi(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """MI (nats): MI(F, A) + MI(F, B) from exact contingency tables (no saturation)."""
+    return mutual_information_nats(f, a) + mutual_information_nats(f, b)
+
+
+def scd_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """SCD: corr(F - B, A) + corr(F - A, B) (Pearson over all pixels)."""
+    return scd(f, a, b)
+
+
+def cc(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """CC: (corr(A, F) + corr(B, F)) / 2 (Pearson over all pixels)."""
+    return (pearson(a, f) + pearson(b, f)) / 2
+
+
+def vif(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """VIF (the evaluator's VIFF): VIFp(A, F) + VIFp(B, F), multiscale pixel-domain VIF on
+    floats (no saturation); a NaN term is replaced by 1 as in the evaluator."""
+    terms = vifp([a, b], f)
+    return sum(torch.nan_to_num(t, nan=1.0) for t in terms)
+
+
+def qabf_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Qabf: Xydeas-Petrovic with the G = gF quirk where gX == gF, on 0-255 values (the
+    Sobel responses of integer images are exact, so the equality test is order-free)."""
+    return qabf(f, a, b)
+
+
+def nabf_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """Nabf: Shreyamsha Kumar's modified fusion-artefact measure on 0-255 values (not part
+    of the CDDFuse evaluator; see :func:`e2emfd.metrics.fusion_windowed.nabf`)."""
+    return nabf(f, a, b)
+
+
+def _box7_float32(x: Tensor) -> Tensor:
+    """``scipy.ndimage.uniform_filter(x, 7)`` of a float32 image, 'valid' part only.
+
+    SciPy filters axis 0 then axis 1, averaging in double and storing each pass as float32;
+    the rounding after each pass is reproduced. ``(N, B, H, W) -> (N, B, H-6, W-6)``.
+    """
+    ones = [1.0] * 7
+    rows = (correlate_valid(x.double(), ones, -2) / 7).float()
+    return (correlate_valid(rows.double(), ones, -1) / 7).float()
+
+
+def ssim_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """SSIM: SSIM(F, A) + SSIM(F, B) as ``skimage.metrics.structural_similarity`` gives with
+    defaults (7x7 uniform window, K1 0.01, K2 0.03, sample covariance 49/48, mean without a
+    3-pixel border) and data_range=2 on 0-255 data (the legacy scikit-image default).
+    Range up to 2.
+
+    scikit-image computes in float32 for the evaluator's float32 images, and with C2 =
+    0.0036 the float32 cancellation in var = E[x^2] - E[x]^2 changes the mean SSIM by up to
+    2e-4 relative; the float32 steps are therefore reproduced exactly here (the window means
+    come from exact float64 sums), and only the final mean is float64.
+    """
+    h, w = f.shape[-2:]
+    if min(h, w) < 7:
+        raise ValueError(f"SSIM needs images of at least 7x7, got {h}x{w}")
+    x = f.float()
+    cov_norm = 49.0 / 48.0
+    c1 = (0.01 * 2.0) ** 2
+    c2 = (0.03 * 2.0) ** 2
+    total = f.new_zeros(f.shape[0])
+    for ref in (a, b):
+        y = ref.float()
+        ux, uy, uxx, uyy, uxy = _box7_float32(torch.stack([x, y, x * x, y * y, x * y]))
+        vx = cov_norm * (uxx - ux * ux)
+        vy = cov_norm * (uyy - uy * uy)
+        vxy = cov_norm * (uxy - ux * uy)
+        num = (2 * ux * uy + c1) * (2 * vxy + c2)
+        den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
+        total += (num / den).double().mean(dim=(-2, -1))
+    return total
+
+
+def mse(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """MSE: (mean((A - F)^2) + mean((B - F)^2)) / 2 on 0-255."""
+    return mse_pair(f, a, b)
+
+
+def psnr(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """PSNR: 10 log10(max(F)^2 / MSE); the peak is the fused image's maximum, not 255."""
+    peak = f.amax(dim=(-2, -1))
+    return 10 * torch.log10(peak * peak / mse_pair(f, a, b))
+
+
+METRICS = {
+    "EN": en,
+    "SD": sd,
+    "SF": sf,
+    "AG": ag,
+    "MI": mi,
+    "SCD": scd_metric,
+    "CC": cc,
+    "VIF": vif,
+    "Qabf": qabf_metric,
+    "Nabf": nabf_metric,
+    "SSIM": ssim_metric,
+    "PSNR": psnr,
+    "MSE": mse,
+}
