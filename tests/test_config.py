@@ -19,8 +19,9 @@ def test_defaults_and_overrides():
     assert isinstance(cfg, Config)
 
 
-def test_int_accepted_for_float():
+def test_int_and_exponent_literals_accepted_for_float():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
+    assert load_config(None, ["train.lr=1e-3"]).train.lr == 1e-3
 
 
 def test_unknown_key_names_it_and_suggests(tmp_path):

@@ -131,7 +131,9 @@ class TrainConfig:
     lr_gamma: float = 0.1
     clip_grad: float = 1.0  # full-model L2 gradient clipping (0 = off)
     amp: bool = True  # bf16 autocast on CUDA (always off on CPU)
-    eval_every: int = 5000
+    eval_every: int = (
+        5000  # evaluate on the test split every n steps; 0 = only at the end; -1 = never
+    )
     checkpoint_every: int = 1000
     log_every: int = 20
     max_bad_steps: int = 5  # consecutive non-finite losses before the run stops
@@ -199,6 +201,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; accept any float literal.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

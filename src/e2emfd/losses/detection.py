@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
@@ -61,7 +62,7 @@ class SetCriterion:
             gt_labels.append(target["labels"][g])
         bi, pi = torch.cat(batch_idx), torch.cat(prop_idx)
         tgt_boxes, tgt_labels = torch.cat(gt_boxes), torch.cat(gt_labels)
-        num_gt = max(sum(len(t["labels"]) for t in targets), 1)
+        num_gt = _mean_across_ranks(sum(len(t["labels"]) for t in targets), logits.device)
 
         onehot = torch.zeros_like(logits)
         onehot[bi, pi, tgt_labels] = 1.0
@@ -101,3 +102,17 @@ class SetCriterion:
                 weighted = weights[key] * value
                 total[key] = total[key] + weighted if key in total else weighted
         return total
+
+
+def _mean_across_ranks(count: int, device: torch.device) -> float:
+    """The number of ground-truth boxes per process, averaged over processes (at least 1).
+
+    Normalising each process's loss sum by the average count makes DDP's averaged gradient
+    equal the gradient of (sum over the global batch) / (global count / world size), i.e.
+    the same update as one process on the whole batch.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        total = torch.tensor(float(count), device=device)
+        dist.all_reduce(total)
+        return max(total.item() / dist.get_world_size(), 1.0)
+    return float(max(count, 1))

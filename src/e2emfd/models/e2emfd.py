@@ -39,6 +39,12 @@ class E2EMFD(nn.Module):
         super().__init__()
         if not (cfg.fusion.enabled or cfg.detection.enabled):
             raise ValueError("model: enable at least one of model.fusion and model.detection")
+        if cfg.detection.enabled and cfg.detection.hidden != cfg.backbone.out_channels:
+            raise ValueError(
+                f"model.detection.hidden ({cfg.detection.hidden}) must equal "
+                f"model.backbone.out_channels ({cfg.backbone.out_channels}): the detection head "
+                "reads the pyramid features directly"
+            )
         if cfg.modality != "both" and cfg.fusion.enabled:
             raise ValueError(
                 f"model.modality={cfg.modality} has one input, so it cannot fuse: "
@@ -85,7 +91,13 @@ class E2EMFD(nn.Module):
         vis, ir, sizes = batch["vis"], batch["ir"], batch["image_sizes"]
         features = self.backbone(vis, ir)
         if self.training:
+            # Losses in TASKS order (detection, fusion): the balancer's statistics
+            # (norm ratio |g_det| / |g_fus|) follow it.
             losses, terms = {}, {}
+            if "detection" in tasks:
+                parts = self.detector(features, sizes, batch["targets"])
+                losses["detection"] = sum(parts.values())
+                terms.update(parts)
             if "fusion" in tasks:
                 out = self.fusion(features, vis, ir)
                 boxes = [t["boxes"] for t in batch["targets"]]
@@ -93,10 +105,6 @@ class E2EMFD(nn.Module):
                     out["fused"], ir, out["luminance"], boxes, sizes, self.cfg.fusion
                 )
                 losses["fusion"] = sum(parts.values())
-                terms.update(parts)
-            if "detection" in tasks:
-                parts = self.detector(features, sizes, batch["targets"])
-                losses["detection"] = sum(parts.values())
                 terms.update(parts)
             return {"losses": losses, "terms": terms}
         result: dict = {"fused": None, "fused_rgb": None, "detections": None}

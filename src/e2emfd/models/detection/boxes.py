@@ -57,14 +57,21 @@ def signal_to_boxes(signal: Tensor, whwh: Tensor, scale: float) -> Tensor:
 
 
 def random_normalized_boxes(
-    num: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+    num: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """(num, 4) normalised cxcywh placeholders padding the ground truth in training.
 
     Centres and sizes are drawn around 0.5 with sigma 1/6 (3 sigma = half the image);
     sizes are kept positive.
     """
-    boxes = torch.randn(num, BOX_DIM, device=device, dtype=dtype) / 6.0 + 0.5
+    if generator is not None:  # a CPU generator: draw on the CPU, then move
+        boxes = torch.randn(num, BOX_DIM, dtype=dtype, generator=generator).to(device)
+    else:
+        boxes = torch.randn(num, BOX_DIM, device=device, dtype=dtype)
+    boxes = boxes / 6.0 + 0.5
     boxes[:, 2:] = boxes[:, 2:].clamp(min=1e-4)
     return boxes
 

@@ -168,21 +168,32 @@ class CFDPHead(nn.Module):
     def diffuse_targets(
         self, targets: Sequence[dict[str, Tensor]], whwh: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Noised training proposals: (B, N, 4) pixel xyxy and their timesteps (B,) int64."""
+        """Noised training proposals: (B, N, 4) pixel xyxy and their timesteps (B,) int64.
+
+        A target with a ``seed`` (the training sampler gives each sample one) draws its
+        padding boxes, timestep and noise from its own generator, so an image is noised
+        the same way whatever batch or process it lands in (multi-process training then
+        matches one process exactly); without one, the global generator is used.
+        """
         n, scale = self.cfg.num_proposals, self.cfg.signal_scale
         device = whwh.device
-        starts = []
+        starts, steps, noises = [], [], []
         for target, size in zip(targets, whwh):
+            gen = None
+            if target.get("seed") is not None:
+                gen = torch.Generator().manual_seed(int(target["seed"]))
             gt = normalize_boxes(target["boxes"].to(device=device, dtype=torch.float32), size)
             g = gt.shape[0]
             if g > n:  # more objects than proposals: diffuse a random subset
-                gt = gt[torch.randperm(g, device=device)[:n]]
+                gt = gt[torch.randperm(g, generator=gen)[:n].to(device)]
             elif g < n:
-                gt = torch.cat([gt, random_normalized_boxes(n - g, device=device)])
+                gt = torch.cat([gt, random_normalized_boxes(n - g, generator=gen).to(device)])
             starts.append(gt)
+            steps.append(torch.randint(0, self.cfg.timesteps, (1,), generator=gen))
+            noises.append(torch.randn(n, gt.shape[1], generator=gen))
         x0 = (torch.stack(starts) * 2.0 - 1.0) * scale
-        t = torch.randint(0, self.cfg.timesteps, (whwh.shape[0],), device=device)
-        x_t = self.diffusion.q_sample(x0, t, torch.randn_like(x0))
+        t = torch.cat(steps).to(device)
+        x_t = self.diffusion.q_sample(x0, t, torch.stack(noises).to(device))
         return signal_to_boxes(x_t, whwh[:, None], scale), t
 
     @torch.no_grad()

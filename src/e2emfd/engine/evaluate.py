@@ -1,0 +1,141 @@
+"""Evaluation of both tasks on a dataset split: COCO detection AP and fusion metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from e2emfd.data import make_collate
+from e2emfd.engine.runtime import autocast_context, move_batch
+
+
+def predictions_to_original(detections: list[dict], scales: torch.Tensor) -> list[dict]:
+    """Map boxes from the network's input frame back to the files' pixels."""
+    out = []
+    for det, scale in zip(detections, scales):
+        factor = scale.to(det["boxes"].device).repeat(2)
+        out.append({**det, "boxes": det["boxes"] / factor})
+    return out
+
+
+def iterate_predictions(
+    model: torch.nn.Module,
+    dataset,
+    device: torch.device,
+    batch_size: int = 4,
+    amp: bool = False,
+    max_images: int | None = None,
+    progress: bool = False,
+    num_workers: int = 0,
+    size_divisor: int = 32,
+) -> Iterator[tuple[dict, dict]]:
+    """Yield ``(batch, outputs)`` for the dataset in order, the model in eval mode; the
+    batch on the CPU, outputs moved to the CPU."""
+    subset = dataset
+    if max_images is not None and max_images < len(dataset):
+        subset = torch.utils.data.Subset(dataset, range(max_images))
+    loader = DataLoader(
+        subset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=make_collate(size_divisor),
+    )
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+            with torch.no_grad(), autocast_context(device, amp):
+                outputs = model(move_batch(batch, device))
+            cpu = {
+                "fused": None if outputs["fused"] is None else outputs["fused"].float().cpu(),
+                "fused_rgb": None
+                if outputs["fused_rgb"] is None
+                else outputs["fused_rgb"].float().cpu(),
+                "detections": None,
+            }
+            if outputs["detections"] is not None:
+                cpu["detections"] = [
+                    {k: v.float().cpu() if k != "labels" else v.cpu() for k, v in d.items()}
+                    for d in outputs["detections"]
+                ]
+            yield batch, cpu
+    finally:
+        model.train(was_training)
+
+
+def fusion_scores(
+    fused01: torch.Tensor, ir01: torch.Tensor, vis01: torch.Tensor, conventions
+) -> dict:
+    """Per-image fusion metrics for one image: fused (1|3, H, W), ir (1, H, W), vis (3, H, W)
+    in [0, 1], converted to each convention's grey levels as if saved as 8-bit PNG."""
+    from e2emfd.metrics.fusion import fusion_metrics, to_grey_levels
+
+    out = {}
+    for conv in conventions:
+        f, a, b = (to_grey_levels(x[None], conv)[0] for x in (fused01, ir01, vis01))
+        out[conv] = {k: float(v) for k, v in fusion_metrics(f, a, b, convention=conv).items()}
+    return out
+
+
+def _mean_table(rows: list[dict]) -> dict:
+    if not rows:
+        return {}
+    conventions = rows[0].keys()
+    return {
+        conv: {name: sum(r[conv][name] for r in rows) / len(rows) for name in rows[0][conv]}
+        for conv in conventions
+    }
+
+
+def evaluate(
+    model: torch.nn.Module,
+    dataset,
+    device: torch.device,
+    class_names: list[str],
+    batch_size: int = 4,
+    amp: bool = False,
+    conventions: tuple[str, ...] = ("python",),
+    max_images: int | None = None,
+    progress: bool = False,
+) -> dict:
+    """Detection (COCO AP50:95, AP50, ... per class) and fusion metrics (means per
+    convention) of ``model`` on ``dataset``, in the files' pixel frame."""
+    from e2emfd.metrics.detection import coco_evaluate
+
+    predictions, ground_truths, fusion_rows = [], [], []
+    for batch, outputs in iterate_predictions(
+        model, dataset, device, batch_size, amp, max_images, progress
+    ):
+        sizes = batch["image_sizes"].tolist()
+        if outputs["detections"] is not None:
+            predictions += predictions_to_original(outputs["detections"], batch["scales"])
+            for target, scale, orig in zip(batch["targets"], batch["scales"], batch["orig_sizes"]):
+                ground_truths.append(
+                    {
+                        "boxes": target["boxes"] / scale.repeat(2),
+                        "labels": target["labels"],
+                        "difficult": target["difficult"],
+                        "height": int(orig[0]),
+                        "width": int(orig[1]),
+                    }
+                )
+        if outputs["fused_rgb"] is not None and conventions:
+            for i, (h, w) in enumerate(sizes):
+                fusion_rows.append(
+                    fusion_scores(
+                        outputs["fused_rgb"][i, :, :h, :w],
+                        batch["ir"][i, :, :h, :w],
+                        batch["vis"][i, :, :h, :w],
+                        conventions,
+                    )
+                )
+    result: dict = {"num_images": len(predictions) or len(fusion_rows)}
+    if predictions:
+        result["detection"] = coco_evaluate(predictions, ground_truths, class_names)
+    if fusion_rows:
+        result["fusion"] = _mean_table(fusion_rows)
+    return result

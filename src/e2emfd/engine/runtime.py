@@ -1,0 +1,63 @@
+"""Device choice, seeding, autocast and moving batches: the small runtime pieces shared by
+training, evaluation and the inference commands."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``auto`` = CUDA when available (this process's local GPU), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{name}' requested but CUDA is not available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        # Deterministic kernels where PyTorch has them; warn (not fail) where it has none.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+
+
+def autocast_context(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; nothing on CPU (bf16 there is slow and lossy)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def move_batch(batch: dict, device: torch.device) -> dict:
+    """Copy a collated batch's tensors (and its targets' tensors) to ``device``."""
+    non_blocking = device.type == "cuda"
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value.to(device, non_blocking=non_blocking)
+        elif key == "targets":
+            out[key] = [
+                {
+                    k: v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+                    for k, v in t.items()
+                }
+                for t in value
+            ]
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,316 @@
+"""One training loop for fusion-only, detection-only and joint E2E-MFD training.
+
+Read top to bottom: set-up (device, seed, data, model, optimiser, balancer, resume), then
+the loop (batch -> forward -> per-task losses -> balanced backward -> clip -> step), with
+logging, periodic evaluation and atomic checkpoints. ``torchrun`` runs the same code on K
+processes with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from e2emfd.config import Config, config_to_dict, save_config
+from e2emfd.data import build_dataset, build_transforms, make_collate
+from e2emfd.engine import checkpoint as ckpt
+from e2emfd.engine.distributed import barrier, init_distributed, shutdown_distributed
+from e2emfd.engine.evaluate import evaluate
+from e2emfd.engine.optim import build_optimizer, build_scheduler
+from e2emfd.engine.runtime import autocast_context, move_batch, resolve_device, seed_everything
+from e2emfd.engine.sampler import TrainSampler
+from e2emfd.models import build_model
+from e2emfd.mtl import TaskBalancer, allreduce_mean, average_gradients
+
+CHECKPOINT_NAME = "checkpoint_last.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps with a NaN/inf loss or gradient."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int
+    checkpoint: Path
+    evaluations: list[dict] = field(default_factory=list)
+
+
+def training_tasks(cfg: Config, model_tasks: tuple[str, ...]) -> tuple[str, ...]:
+    wanted = {"joint": ("detection", "fusion"), "fusion": ("fusion",), "detection": ("detection",)}
+    if cfg.train.task not in wanted:
+        raise ValueError(f"train.task must be joint, fusion or detection, got {cfg.train.task!r}")
+    missing = [t for t in wanted[cfg.train.task] if t not in model_tasks]
+    if missing:
+        raise ValueError(
+            f"train.task={cfg.train.task} needs the {missing[0]} head: set model.{missing[0]}.enabled=true"
+        )
+    return wanted[cfg.train.task]
+
+
+class JsonlLog:
+    """Append-only JSON-lines file (train_log.jsonl, metrics.jsonl) for plots and reports."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _all_finite(values: list[torch.Tensor], distributed: bool) -> bool:
+    """One flag for every rank: a step is skipped everywhere or nowhere."""
+    flag = torch.stack([torch.isfinite(v.detach().float()).all() for v in values]).all().float()
+    if distributed:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def train(
+    cfg: Config,
+    resume: bool = False,
+    progress: bool = True,
+    time_budget_s: float | None = None,
+) -> TrainResult:
+    """Train the model a config describes; write checkpoints, logs, evaluations and the
+    resolved config under ``cfg.output_dir``. ``resume`` continues from its last
+    checkpoint exactly. ``time_budget_s`` stops early (checkpointing) when spent."""
+    # ---------------------------------------------------------------- set-up
+    device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist = init_distributed(device.type)
+    out_dir = Path(cfg.output_dir)
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+    seed_everything(cfg.seed, cfg.train.deterministic)
+
+    train_set = build_dataset(
+        cfg.data, cfg.data.train_split, build_transforms(cfg.data, train=True)
+    )
+    test_set = None
+    if cfg.data.test_split and cfg.train.eval_every >= 0:
+        test_set = build_dataset(
+            cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False)
+        )
+
+    model = build_model(cfg.model).to(device)
+    if dist.enabled and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    tasks = training_tasks(cfg, model.tasks)
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+
+    start_step, bad_steps = 0, 0
+    checkpoint_path = out_dir / CHECKPOINT_NAME
+    if resume and checkpoint_path.is_file():
+        state = ckpt.load_checkpoint(checkpoint_path, map_location="cpu")
+        mismatches = ckpt.config_mismatches(state["config"], cfg, "model")
+        if mismatches:
+            raise ValueError(
+                f"{checkpoint_path}: written with a different model config: "
+                + "; ".join(mismatches)
+            )
+        ckpt.load_model_state(model, state["model"], checkpoint_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        start_step, bad_steps = int(state["step"]), int(state.get("bad_steps", 0))
+    elif resume and dist.is_main:
+        warnings.warn(
+            f"{checkpoint_path}: no checkpoint to resume from; starting fresh", stacklevel=2
+        )
+
+    net = model
+    if dist.enabled:
+        net = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            # Without the detection head, P5 (and maybe P4) feed nothing.
+            find_unused_parameters="detection" not in tasks or len(tasks) < len(model.tasks),
+        )
+    reduce_fn = allreduce_mean() if dist.enabled else None
+    mtl = cfg.train.mtl if len(tasks) > 1 else "sum"
+    balancer = TaskBalancer(mtl, model.shared_parameters(), cfg.train.gmta_every, reduce_fn)
+    head_params = [p for t in tasks for p in model.task_parameters()[t]]
+
+    sampler = TrainSampler(
+        len(train_set), cfg.train.batch_size, cfg.seed, dist.rank, dist.world_size, start_step
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        collate_fn=make_collate(cfg.data.size_divisor),
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+
+    writer = None
+    if dist.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=start_step)
+    train_log = JsonlLog(out_dir / "train_log.jsonl", dist.is_main)
+    metrics_log = JsonlLog(out_dir / "metrics.jsonl", dist.is_main)
+    amp = cfg.train.amp and device.type == "cuda"
+
+    def save(step: int) -> None:
+        if dist.is_main:
+            ckpt.save_checkpoint(
+                checkpoint_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "bad_steps": bad_steps,
+                    "rng": ckpt.rng_state(),
+                    "config": config_to_dict(cfg),
+                },
+            )
+        barrier()
+
+    evaluations: list[dict] = []
+
+    def run_eval(step: int) -> None:
+        if dist.is_main and test_set is not None:
+            result = evaluate(
+                model,
+                test_set,
+                device,
+                train_set.classes,
+                cfg.train.batch_size,
+                amp,
+                conventions=("python",),
+                progress=False,
+            )
+            result["step"] = step
+            evaluations.append(result)
+            metrics_log.write(result)
+            for name, value in _flat_scalars(result).items():
+                writer.add_scalar(f"eval/{name}", value, step)
+        barrier()
+
+    # ---------------------------------------------------------------- the loop
+    model.train()
+    bar = tqdm(
+        total=cfg.train.max_iters,
+        initial=start_step,
+        disable=not (progress and dist.is_main),
+        desc=f"train {cfg.train.task}",
+        dynamic_ncols=True,
+    )
+    started = time.monotonic()
+    step = start_step
+    data = iter(loader)
+    while step < cfg.train.max_iters:
+        batch = move_batch(next(data), device)
+        with autocast_context(device, amp):
+            out = net(batch, tasks)
+        losses = {t: out["losses"][t].float() for t in tasks}
+
+        optimizer.zero_grad(set_to_none=True)
+        if not _all_finite(list(losses.values()), dist.enabled):
+            bad_steps += 1
+            _report_bad_step(step, losses, bad_steps, cfg.train.max_bad_steps, train_log)
+            step += 1
+            scheduler.step()
+            bar.update(1)
+            continue
+        if dist.enabled and balancer.balances(step):
+            # Per-task gradients are averaged by the balancer (reduce_fn) before alignment;
+            # DDP's own all-reduce would mix the tasks, so it is switched off for this step.
+            with net.no_sync():
+                stats = balancer.backward(losses, step)
+            average_gradients(head_params, reduce_fn)
+        else:
+            stats = balancer.backward(losses, step)
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad or float("inf"))
+        if not _all_finite([grad_norm], dist.enabled):
+            bad_steps += 1
+            _report_bad_step(
+                step, {"grad_norm": grad_norm}, bad_steps, cfg.train.max_bad_steps, train_log
+            )
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            scheduler.step()
+            bar.update(1)
+            continue
+        bad_steps = 0
+        optimizer.step()
+        scheduler.step()
+        step += 1
+
+        # ------------------------------------------------------------ bookkeeping
+        if stats or step % cfg.train.log_every == 0 or step == cfg.train.max_iters:
+            record = {
+                "step": step,
+                "lr": optimizer.param_groups[0]["lr"],
+                "grad_norm": float(grad_norm),
+            }
+            record.update({f"loss_{t}": v.item() for t, v in losses.items()})
+            record.update({k: v.item() for k, v in out["terms"].items()})
+            record.update({f"mtl/{k}": v for k, v in stats.items()})
+            train_log.write(record)
+            if writer is not None:
+                for key, value in record.items():
+                    if key != "step" and math.isfinite(value):
+                        writer.add_scalar(key if "/" in key else f"train/{key}", value, step)
+            bar.set_postfix({t: f"{record[f'loss_{t}']:.3f}" for t in losses}, refresh=False)
+        bar.update(1)
+        if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0:
+            save(step)
+        if (
+            cfg.train.eval_every > 0
+            and step % cfg.train.eval_every == 0
+            and step < cfg.train.max_iters
+        ):
+            run_eval(step)
+        if time_budget_s is not None and time.monotonic() - started > time_budget_s:
+            break
+    bar.close()
+    save(step)
+    if cfg.train.eval_every >= 0:
+        run_eval(step)
+    if writer is not None:
+        writer.close()
+    shutdown_distributed()
+    return TrainResult(out_dir, step, checkpoint_path, evaluations)
+
+
+def _report_bad_step(step: int, values: dict, bad: int, limit: int, log: JsonlLog) -> None:
+    shown = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
+    log.write({"step": step, "skipped": True, "reason": shown})
+    warnings.warn(f"step {step}: non-finite loss or gradient ({shown}); step skipped", stacklevel=2)
+    if bad >= limit:
+        raise NonFiniteLossError(
+            f"{bad} consecutive steps with a non-finite loss or gradient (last at step {step}: "
+            f"{shown}); lower train.lr, check the data, or raise train.max_bad_steps"
+        )
+
+
+def _flat_scalars(result: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in result.items():
+        if isinstance(value, dict):
+            out.update(_flat_scalars(value, f"{prefix}{key}/"))
+        elif (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ):
+            out[f"{prefix}{key}"] = float(value)
+    return out
