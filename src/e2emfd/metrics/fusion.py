@@ -136,8 +136,29 @@ def fusion_metrics(
     lo, hi = stats.min().item(), stats.max().item()
     if not (0.0 <= lo and hi <= 255.0):  # NaN fails both comparisons too
         raise ValueError(f"grey levels must lie in 0..255, got values in [{lo:g}, {hi:g}]")
+    results: dict[str, list[Tensor]] = {name: [] for name in names}
+    for lo_i, hi_i in _chunks(f):
+        fc, ac, bc = f[lo_i:hi_i], a[lo_i:hi_i], b[lo_i:hi_i]
+        for name in names:
+            results[name].append(impl[name](fc, ac, bc))
     out = {}
     for name in names:
-        values = impl[name](f, a, b)
+        values = torch.cat(results[name])
         out[name] = values[0] if unbatched else values
     return out
+
+
+# CPU work is split into chunks of about this many pixels. The metrics stack up to 8
+# float64 maps per pixel; keeping such temporaries below glibc's 32 MiB mmap threshold lets
+# freed memory be reused instead of being page-faulted in again, which is about 4x faster
+# for these memory-bound passes. GPUs take the whole batch.
+_CPU_CHUNK_PIXELS = 400_000
+
+
+def _chunks(x: Tensor) -> list[tuple[int, int]]:
+    """Index ranges splitting the batch of ``x`` (B, H, W) into memory-friendly chunks."""
+    n, h, w = x.shape
+    if x.device.type != "cpu":
+        return [(0, n)]
+    per_chunk = max(1, _CPU_CHUNK_PIXELS // (h * w))
+    return [(i, min(n, i + per_chunk)) for i in range(0, n, per_chunk)]

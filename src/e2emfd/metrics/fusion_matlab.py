@@ -115,7 +115,7 @@ def vif(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
 def qabf_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Qabf: ``analysis_Qabf`` on the 0-1 images, Sobel responses summed in MATLAB
     ``conv2`` order so that the G = gF exact-equality branch fires where MATLAB's does."""
-    return qabf(_unit(f), _unit(a), _unit(b))
+    return qabf(_unit(f), _unit(a), _unit(b), matlab_order=True)
 
 
 def nabf_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:

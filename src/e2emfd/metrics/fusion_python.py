@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 
 from e2emfd.metrics.fusion_core import (
-    correlate_valid,
     entropy_bits,
     entropy_from_counts,
+    filter2_valid_maps,
     gradient_magnitude_sum,
     grey_histogram,
     image_mean,
@@ -95,15 +95,10 @@ def nabf_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return nabf(f, a, b)
 
 
-def _box7_float32(x: Tensor) -> Tensor:
-    """``scipy.ndimage.uniform_filter(x, 7)`` of a float32 image, 'valid' part only.
-
-    SciPy filters axis 0 then axis 1, averaging in double and storing each pass as float32;
-    the rounding after each pass is reproduced. ``(N, B, H, W) -> (N, B, H-6, W-6)``.
-    """
-    ones = [1.0] * 7
-    rows = (correlate_valid(x.double(), ones, -2) / 7).float()
-    return (correlate_valid(rows.double(), ones, -1) / 7).float()
+def _round_to_float32_(x: Tensor) -> None:
+    """Divide by 7 and round to float32 in place (values stay float64)."""
+    x.div_(7)
+    x.copy_(x.float())
 
 
 def ssim_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -114,21 +109,26 @@ def ssim_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
     scikit-image computes in float32 for the evaluator's float32 images, and with C2 =
     0.0036 the float32 cancellation in var = E[x^2] - E[x]^2 changes the mean SSIM by up to
-    2e-4 relative; the float32 steps are therefore reproduced exactly here (the window means
-    come from exact float64 sums), and only the final mean is float64.
+    2e-4 relative, so the float32 steps are reproduced; only the final mean is float64.
+    The local means (``scipy.ndimage.uniform_filter``: axis 0, then axis 1, each pass
+    averaged in double and stored as float32) come from float64 window sums, which are
+    exact here (integers in the first pass, seven float32 values in the second).
     """
-    h, w = f.shape[-2:]
+    n, h, w = f.shape
     if min(h, w) < 7:
         raise ValueError(f"SSIM needs images of at least 7x7, got {h}x{w}")
-    x = f.float()
+    # Squares and products of grey levels are exact in float32 (<= 65025 < 2^24).
+    maps = [f, f * f, a, a * a, a * f, b, b * b, b * f]
+    sums = filter2_valid_maps(maps, [1.0] * 7, between=_round_to_float32_)
+    means = sums.div(7).float()
     cov_norm = 49.0 / 48.0
     c1 = (0.01 * 2.0) ** 2
     c2 = (0.03 * 2.0) ** 2
-    total = f.new_zeros(f.shape[0])
-    for ref in (a, b):
-        y = ref.float()
-        ux, uy, uxx, uyy, uxy = _box7_float32(torch.stack([x, y, x * x, y * y, x * y]))
-        vx = cov_norm * (uxx - ux * ux)
+    ux, uxx = means[0], means[1]
+    vx = cov_norm * (uxx - ux * ux)
+    total = f.new_zeros(n)
+    for i in range(2):
+        uy, uyy, uxy = means[2 + 3 * i : 5 + 3 * i]
         vy = cov_norm * (uyy - uy * uy)
         vxy = cov_norm * (uxy - ux * uy)
         num = (2 * ux * uy + c1) * (2 * vxy + c2)

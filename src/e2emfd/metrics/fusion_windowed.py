@@ -12,7 +12,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from e2emfd.metrics.fusion_core import filter2_valid, gaussian_taps
+from e2emfd.metrics.fusion_core import (
+    filter2_valid,
+    filter2_valid_maps,
+    gaussian_taps,
+    sobel_separable,
+)
 
 # Smallest side for which every VIF scale still has a non-empty 'valid' region:
 # 17 -> (9, /2) -> 9 -> (5, /2) -> 5 -> (3, /2) -> 3.
@@ -45,46 +50,43 @@ def vifp(refs: Sequence[Tensor], dist: Tensor, saturate_uint8: bool = False) -> 
     eps = 1e-10
     sigma_nsq = 2.0
     refs = list(refs)
+    count = len(refs)
     nums = [dist.new_zeros(dist.shape[0]) for _ in refs]
     dens = [dist.new_zeros(dist.shape[0]) for _ in refs]
     for scale in range(1, 5):
         n = 2 ** (5 - scale) + 1
         taps = gaussian_taps(n, n / 5.0)
         if scale > 1:
-            subsampled = filter2_valid(torch.stack([dist, *refs]), taps, stride=2)
-            dist, refs = subsampled[0], list(subsampled[1:])
+            dist = filter2_valid(dist, taps, stride=2)
+            refs = [filter2_valid(ref, taps, stride=2) for ref in refs]
 
         def product(x: Tensor, y: Tensor, scale: int = scale) -> Tensor:
             p = x * y
             return p.clamp_(max=255.0) if saturate_uint8 and scale == 1 else p
 
-        # One stacked filtering call: dist, dist^2, then (ref, ref^2, ref*dist) per reference.
+        # Maps to filter: dist, dist^2, then (ref, ref^2, ref*dist) for each reference.
         maps = [dist, product(dist, dist)]
         for ref in refs:
             maps += [ref, product(ref, ref), product(ref, dist)]
-        filtered = filter2_valid(torch.stack(maps), taps)
+        filtered = filter2_valid_maps(maps, taps)
         mu2 = filtered[0]
         sigma2_sq = (filtered[1] - mu2 * mu2).clamp_(min=0)
-        for i in range(len(refs)):
+        low2 = sigma2_sq < eps
+        for i in range(count):
             mu1, ref_sq, cross = filtered[2 + 3 * i : 5 + 3 * i]
-            sigma1_sq = (ref_sq - mu1 * mu1).clamp_(min=0)
-            sigma12 = cross - mu1 * mu2
+            sigma1_sq = ref_sq.sub_(mu1 * mu1).clamp_(min=0)
+            sigma12 = cross.sub_(mu1 * mu2)
             g = sigma12 / (sigma1_sq + eps)
-            sv_sq = sigma2_sq - g * sigma12
-            # The LIVE guards, in this order (later ones see the earlier fixes).
+            sv_sq = (sigma2_sq - g * sigma12).clamp_(min=eps)
+            # The LIVE guards collapse to: g = 0 where sigma1^2 or sigma2^2 is below eps or g
+            # is negative (then the numerator term is 0 and sv^2 is irrelevant), and
+            # sigma1^2 = 0 where it is below eps. Elsewhere sv^2 = max(sv^2, eps) as above.
             low1 = sigma1_sq < eps
-            g = torch.where(low1, 0.0, g)
-            sv_sq = torch.where(low1, sigma2_sq, sv_sq)
-            sigma1_sq = torch.where(low1, 0.0, sigma1_sq)
-            low2 = sigma2_sq < eps
-            g = torch.where(low2, 0.0, g)
-            sv_sq = torch.where(low2, 0.0, sv_sq)
-            negative = g < 0
-            sv_sq = torch.where(negative, sigma2_sq, sv_sq)
-            g = torch.where(negative, 0.0, g)
-            sv_sq = sv_sq.clamp(min=eps)
-            nums[i] += torch.log10(1 + g * g * sigma1_sq / (sv_sq + sigma_nsq)).sum(dim=(-2, -1))
-            dens[i] += torch.log10(1 + sigma1_sq / sigma_nsq).sum(dim=(-2, -1))
+            g.masked_fill_(low1 | low2 | (g < 0), 0.0)
+            sigma1_sq.masked_fill_(low1, 0.0)
+            num = torch.log10(g.mul_(g).mul_(sigma1_sq).div_(sv_sq.add_(sigma_nsq)).add_(1))
+            nums[i] += num.sum(dim=(-2, -1))
+            dens[i] += torch.log10(sigma1_sq.div_(sigma_nsq).add_(1)).sum(dim=(-2, -1))
     return [num / den for num, den in zip(nums, dens)]
 
 
@@ -116,7 +118,7 @@ def ssim(
     maps = [img, img * img]
     for ref in refs:
         maps += [ref, ref * ref, ref * img]
-    filtered = filter2_valid(torch.stack(maps), taps)
+    filtered = filter2_valid_maps(maps, taps)
     mu_x = filtered[0]
     var_x = cov_norm * (filtered[1] - mu_x * mu_x)
     out = []
@@ -130,55 +132,46 @@ def ssim(
     return out
 
 
-def _sobel_reflect(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Kumar's ``sobel_fn``: 3x3 Sobel correlation divided by 8 on a mirror-extended image
-    (edge pixel not repeated). Returns (horizontal derivative gv, vertical derivative gh),
-    named as in the original code. ``(B, H, W) -> 2 x (B, H, W)``."""
-    xp = torch.nn.functional.pad(x.unsqueeze(1), (1, 1, 1, 1), mode="reflect").squeeze(1)
-    h, w = x.shape[-2:]
-
-    def at(dy: int, dx: int) -> Tensor:
-        return xp[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-
-    left = at(-1, -1) + 2 * at(0, -1) + at(1, -1)
-    right = at(-1, 1) + 2 * at(0, 1) + at(1, 1)
-    top = at(-1, -1) + 2 * at(-1, 0) + at(-1, 1)
-    bottom = at(1, -1) + 2 * at(1, 0) + at(1, 1)
-    return (right - left) / 8, (bottom - top) / 8
-
-
 def nabf(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Modified fusion-artefact measure N_abf of B. K. Shreyamsha Kumar (SIViP 2013).
 
     Petrovic's edge model with Kumar's parameters: Sobel/8 responses on a mirror-extended
-    image, strength g and orientation alpha = atan(gv / gh) (0 where both are 0); relative
-    strength G_XF = min/max of gX, gF (0 if either is 0); relative orientation
-    A_XF = | |alpha_X - alpha_F| - pi/2 | * 2/pi; Q_XF = sqrt(Qg Qa) with
-    Qg = 0.9999 / (1 + exp(-19 (G - 0.5))), Qa = 0.9995 / (1 + exp(-22 (A - 0.5))).
-    Weights w_X = g_X^1.5 where g_X >= 2, else 0.001. Artefacts are counted only where
-    the fused edge is stronger than both source edges (gF > gA and gF > gB):
-    N_abf = sum(n * ((1 - Q_AF) w_A + (1 - Q_BF) w_B)) / sum(w_A + w_B), in [0, 1].
-    The threshold 2 assumes 0-255 grey levels. ``(B, H, W) x3 -> (B,)``.
+    image, gv (horizontal derivative) and gh (vertical), strength g and orientation
+    alpha = atan(gv / gh) (0 where both are 0); relative strength G_XF = min/max of gX, gF
+    (0 if either is 0); relative orientation A_XF = | |alpha_X - alpha_F| - pi/2 | * 2/pi;
+    Q_XF = sqrt(Qg Qa) with Qg = 0.9999 / (1 + exp(-19 (G - 0.5))) and
+    Qa = 0.9995 / (1 + exp(-22 (A - 0.5))). Weights w_X = g_X^1.5 where g_X >= 2, else
+    0.001. Artefacts count only where the fused edge is stronger than both source edges
+    (gF > gA and gF > gB): N_abf = sum(n ((1 - Q_AF) w_A + (1 - Q_BF) w_B)) / sum(w_A + w_B),
+    which lies in [0, 1]. The threshold 2 assumes 0-255 grey levels. ``(B, H, W) x3 -> (B,)``.
     """
-    gv_f, gh_f = _sobel_reflect(f)
-    g_f = torch.sqrt(gh_f * gh_f + gv_f * gv_f)
-    alpha_f = torch.where((gv_f == 0) & (gh_f == 0), 0.0, torch.atan(gv_f / gh_f))
+    if min(f.shape[-2:]) < 2:
+        raise ValueError(f"Nabf needs images of at least 2x2, got {tuple(f.shape[-2:])}")
 
-    def loss_term(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        gv, gh = _sobel_reflect(x)
-        g = torch.sqrt(gh * gh + gv * gv)
-        alpha = torch.where((gv == 0) & (gh == 0), 0.0, torch.atan(gv / gh))
-        rel_g = torch.where(
-            (g == 0) | (g_f == 0), 0.0, torch.minimum(g, g_f) / torch.maximum(g, g_f)
-        )
-        rel_a = torch.abs(torch.abs(alpha - alpha_f) - math.pi / 2) * (2 / math.pi)
-        q_g = 0.9999 / (1 + torch.exp(-19 * (rel_g - 0.5)))
-        q_a = 0.9995 / (1 + torch.exp(-22 * (rel_a - 0.5)))
+    def edges(x: Tensor) -> tuple[Tensor, Tensor]:
+        # gv = -Sx / 8 and gh = Sy / 8; scaling by 1/8 is exact, so g and the comparisons
+        # are those of Kumar's sobel_fn.
+        sx, sy = sobel_separable(x, mode="reflect")
+        g = torch.sqrt(sx * sx + sy * sy).div_(8)
+        alpha = torch.atan(sx.neg().div_(sy)).masked_fill_((sx == 0) & (sy == 0), 0.0)
+        return g, alpha
+
+    g_f, alpha_f = edges(f)
+    num = f.new_zeros(f.shape[0])
+    den = f.new_zeros(f.shape[0])
+    stronger = None
+    losses = []
+    for x in (a, b):
+        g, alpha = edges(x)
+        # 0 / 0 where both edges vanish; Kumar's rule gives 0 there too.
+        rel_g = torch.minimum(g, g_f).div_(torch.maximum(g, g_f)).nan_to_num_(nan=0.0)
+        rel_a = alpha.sub_(alpha_f).abs_().sub_(math.pi / 2).abs_().mul_(2 / math.pi)
+        q_g = rel_g.sub_(0.5).mul_(-19).exp_().add_(1).reciprocal_().mul_(0.9999)
+        q_a = rel_a.sub_(0.5).mul_(-22).exp_().add_(1).reciprocal_().mul_(0.9995)
         weight = torch.where(g >= 2, g**1.5, 0.001)
-        return (1 - torch.sqrt(q_g * q_a)) * weight, weight, g
-
-    loss_a, w_a, g_a = loss_term(a)
-    loss_b, w_b, g_b = loss_term(b)
-    artefact = (g_f > g_a) & (g_f > g_b)
-    num = torch.where(artefact, loss_a + loss_b, 0.0).sum(dim=(-2, -1))
-    return num / (w_a + w_b).sum(dim=(-2, -1))
+        losses.append(q_g.mul_(q_a).sqrt_().neg_().add_(1).mul_(weight))
+        den += weight.sum(dim=(-2, -1))
+        stronger = g_f > g if stronger is None else stronger & (g_f > g)
+    assert stronger is not None
+    num = torch.where(stronger, losses[0] + losses[1], 0.0).sum(dim=(-2, -1))
+    return num / den
