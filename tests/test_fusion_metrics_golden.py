@@ -1,0 +1,100 @@
+"""Golden values: every metric of every (method, image) of ``shared/data/tno42`` in both
+conventions, against the values the reference evaluators produced (see its README).
+
+The 168 cases are grouped by image size; each group is one batched call.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+
+from e2emfd.metrics.fusion import fusion_metrics, load_grey
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tno42"
+CSV = {"python": "python_reference_metrics.csv", "matlab": "matlab_metrics.csv"}
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="shared/data/tno42 not available")
+
+
+@cache
+def golden(convention: str) -> dict[tuple[str, str], dict[str, float]]:
+    table: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    with open(DATA / CSV[convention], newline="") as fh:
+        for row in csv.DictReader(fh):
+            table[(row["method"], row["image"])][row["metric"]] = float(row["value"])
+    return dict(table)
+
+
+@cache
+def grey(path: Path, convention: str) -> torch.Tensor:
+    return load_grey(path, convention)
+
+
+def size_groups() -> list[tuple[int, int]]:
+    """Image sizes (H, W) present in tno42, read from the PNG headers (cheap)."""
+    if not DATA.is_dir():
+        return []
+    sizes = set()
+    for path in sorted((DATA / "ir").glob("*.png")):
+        with open(path, "rb") as fh:
+            header = fh.read(24)
+        width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+        sizes.add((height, width))
+    return sorted(sizes)
+
+
+@cache
+def cases_of_size(size: tuple[int, int]) -> list[tuple[str, str]]:
+    names = [p.name for p in sorted((DATA / "ir").glob("*.png"))]
+    of_size = [n for n in names if tuple(grey(DATA / "ir" / n, "python").shape) == size]
+    return [(m, n) for (m, n) in golden("python") if n in of_size]
+
+
+def check_group(convention: str, size: tuple[int, int], rel: float, qabf_abs: float | None):
+    cases = cases_of_size(size)
+    assert cases, size
+    stacks = [
+        torch.stack([grey(DATA / sub(m, n), convention) for m, n in cases])
+        for sub in (
+            lambda m, n: f"fused/{m}/{n}",
+            lambda m, n: f"ir/{n}",
+            lambda m, n: f"vi/{n}",
+        )
+    ]
+    names = sorted(golden(convention)[cases[0]])
+    got = fusion_metrics(*stacks, convention=convention, metrics=names)
+    failures = []
+    for i, case in enumerate(cases):
+        for name, expected in golden(convention)[case].items():
+            value = got[name][i].item()
+            if name == "Qabf" and qabf_abs is not None:
+                ok = abs(value - expected) <= qabf_abs
+            else:
+                ok = abs(value - expected) <= rel * abs(expected)
+            if not ok:
+                failures.append(f"{case} {name}: got {value!r}, expected {expected!r}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("size", size_groups(), ids=lambda s: f"{s[0]}x{s[1]}")
+def test_python_convention_matches_cddfuse_evaluator(size):
+    # The evaluator keeps SD, SF, AG, CC, SCD, Qabf, MSE, PSNR in float32: ~1e-7 relative.
+    check_group("python", size, rel=1e-4, qabf_abs=None)
+
+
+@pytest.mark.parametrize("size", size_groups(), ids=lambda s: f"{s[0]}x{s[1]}")
+def test_matlab_convention_matches_toolbox_xlsx(size):
+    check_group("matlab", size, rel=1e-3, qabf_abs=2e-3)
+
+
+def test_golden_tables_cover_all_cases():
+    assert len(golden("python")) == 168 and len(golden("matlab")) == 168
+    assert all(len(v) == 12 for v in golden("python").values())
+    assert all(len(v) == 11 for v in golden("matlab").values())
+    assert sum(len(cases_of_size(s)) for s in size_groups()) == 168
