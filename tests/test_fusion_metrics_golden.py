@@ -22,6 +22,16 @@ CSV = {"python": "python_reference_metrics.csv", "matlab": "matlab_metrics.csv"}
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="shared/data/tno42 not available")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run single-threaded: on a shared CPU, intra-op threads that wait for each other at
+    every operation's barrier slow these many mid-sized operations down by up to 30x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @cache
 def golden(convention: str) -> dict[tuple[str, str], dict[str, float]]:
     table: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)

@@ -1,0 +1,202 @@
+"""``e2emfd eval-fusion``: fusion-quality metrics of a folder of fused images against their
+infrared and visible sources, in the CDDFuse-python or Tang-MATLAB convention."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from e2emfd.cli.main import CommandError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+DESCRIPTION = """\
+Evaluate every image of --fused against the --ir and --vi images with the same file stem
+(any image extension, case-insensitive). Prints the mean and standard deviation of each
+metric over the images, and with --out writes the per-image values (.json or .csv).
+
+Conventions (values differ between them; report which one you used):
+  python  the CDDFuse Evaluator: OpenCV greyscale, 0-255 floats, MI in nats,
+          SSIM with data_range=2, PSNR peak = max(F)           (default)
+  matlab  the Linfeng-Tang MATLAB toolbox (2022): uint8 saturation in SD, VIF and MI,
+          MI in bits, SF/CC/SCD/Qabf/MSE on 0-1, PSNR peak 255 with 0-1 MSE
+Metrics: EN SD SF AG MI SCD CC VIF Qabf Nabf SSIM PSNR MSE (default: all).
+
+Examples:
+  e2emfd eval-fusion --ir tno/ir --vi tno/vi --fused out/tno
+  e2emfd eval-fusion --ir tno/ir --vi tno/vi --fused out/tno --convention matlab \\
+      --metrics EN,MI,VIF,Qabf --out tno_matlab.csv
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval-fusion",
+        help="fusion metrics (EN, MI, VIF, Qabf, SSIM, ...) of fused images",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--ir", required=True, help="folder of infrared source images")
+    parser.add_argument("--vi", required=True, help="folder of visible source images")
+    parser.add_argument("--fused", required=True, help="folder of fused images")
+    parser.add_argument(
+        "--convention", choices=["python", "matlab"], default="python", help="metric convention"
+    )
+    parser.add_argument("--metrics", help="comma-separated metric names (default: all)")
+    parser.add_argument("--out", help="write per-image values to a .json or .csv file")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="pairs per batch (same-size pairs only)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _images_by_stem(folder: Path, role: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: {role} folder not found")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            if path.stem in found:
+                raise CommandError(f"{path}: same stem as {found[path.stem].name} in {folder}")
+            found[path.stem] = path
+    return found
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """(H, W) without decoding the pixels, via Pillow's lazy open."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read as an image ({exc})") from None
+
+
+def pair_images(ir_dir: Path, vi_dir: Path, fused_dir: Path) -> list[tuple[str, Path, Path, Path]]:
+    """``(stem, fused, ir, vis)`` for every fused image; a missing partner or a size
+    mismatch is an error naming the file."""
+    fused = _images_by_stem(fused_dir, "fused")
+    ir = _images_by_stem(ir_dir, "infrared")
+    vi = _images_by_stem(vi_dir, "visible")
+    if not fused:
+        raise CommandError(f"{fused_dir}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    pairs = []
+    for stem, path in fused.items():
+        for role, table, folder in (("infrared", ir, ir_dir), ("visible", vi, vi_dir)):
+            if stem not in table:
+                raise CommandError(f"{path}: no {role} image named {stem}.* in {folder}")
+        size = _image_size(path)
+        for source in (ir[stem], vi[stem]):
+            other = _image_size(source)
+            if other != size:
+                raise CommandError(
+                    f"{path}: size {size[1]}x{size[0]} differs from {source} "
+                    f"({other[1]}x{other[0]})"
+                )
+        pairs.append((stem, path, ir[stem], vi[stem]))
+    return pairs
+
+
+def _write(path: Path, convention: str, names, per_image, summary) -> None:
+    import csv
+    import json
+
+    suffix = path.suffix.lower()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".json":
+        payload = {
+            "convention": convention,
+            "metrics": list(names),
+            "mean": {n: summary[n][0] for n in names},
+            "std": {n: summary[n][1] for n in names},
+            "images": per_image,
+        }
+        path.write_text(json.dumps(payload, indent=2) + "\n")
+    else:
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["image", *names])
+            for stem, values in per_image.items():
+                writer.writerow([stem, *(repr(values[n]) for n in names)])
+
+
+def _evaluate(pairs, convention, names, batch_size, device, args) -> dict[str, dict[str, float]]:
+    """Per-image metric values, computing same-size pairs in batches."""
+    import torch
+    from tqdm import tqdm
+
+    from e2emfd.metrics.fusion import fusion_metrics, load_grey
+
+    groups: dict[tuple[int, int], list[tuple[str, Path, Path, Path]]] = {}
+    for pair in pairs:
+        groups.setdefault(_image_size(pair[1]), []).append(pair)
+    per_image: dict[str, dict[str, float]] = {}
+    progress = tqdm(total=len(pairs), unit="pair", disable=args.no_progress, file=sys.stderr)
+    for group in groups.values():
+        for start in range(0, len(group), batch_size):
+            batch = group[start : start + batch_size]
+            stacks = [
+                torch.stack([load_grey(p[k], convention) for p in batch]).to(device)
+                for k in (1, 2, 3)
+            ]
+            values = fusion_metrics(*stacks, convention=convention, metrics=names)
+            for i, (stem, *_) in enumerate(batch):
+                per_image[stem] = {n: values[n][i].item() for n in names}
+            progress.update(len(batch))
+    progress.close()
+    return {stem: per_image[stem] for stem, *_ in pairs}  # input order
+
+
+def run(args: argparse.Namespace) -> int:
+    import math
+
+    import torch
+
+    from e2emfd.metrics.fusion import resolve_metric_names
+
+    names = resolve_metric_names(args.metrics)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        raise CommandError(f"{out}: --out must end in .json or .csv")
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise CommandError(f"--threads must be positive, got {args.threads}")
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+
+    pairs = pair_images(Path(args.ir), Path(args.vi), Path(args.fused))
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        per_image = _evaluate(pairs, args.convention, names, args.batch_size, device, args)
+    finally:
+        torch.set_num_threads(threads)
+
+    summary = {}
+    for n in names:
+        column = [v[n] for v in per_image.values()]
+        mean = math.fsum(column) / len(column)
+        std = math.sqrt(math.fsum((x - mean) ** 2 for x in column) / len(column))
+        summary[n] = (mean, std)
+    print(f"{len(pairs)} images, {args.convention} convention")
+    print(f"{'metric':<8}{'mean':>14}{'std':>14}")
+    for n in names:
+        mean, std = summary[n]
+        print(f"{n:<8}{mean:>14.6g}{std:>14.6g}")
+    if out is not None:
+        _write(out, args.convention, names, per_image, summary)
+        print(f"per-image values written to {out}")
+    return 0
