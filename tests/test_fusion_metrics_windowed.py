@@ -182,6 +182,20 @@ def test_conv2_same_uses_matlab_summation_order_bit_for_bit():
         assert torch.equal(fusion_core.conv2_same(x, kernel)[0], expected)
 
 
+def test_sqrt_rn_is_correctly_rounded():
+    # torch.sqrt on large float64 tensors may be an ulp off; numpy's is IEEE-exact.
+    g = torch.Generator().manual_seed(11)
+    x = torch.cat(
+        [
+            torch.rand(200_000, generator=g, dtype=torch.float64) * 7,
+            (torch.randint(0, 2041, (200_000,), generator=g).double() / 255) ** 2,
+            torch.tensor([0.0, 1.0, 2.0, 1e-300, 1e300], dtype=torch.float64),
+        ]
+    )
+    expected = torch.from_numpy(np.sqrt(x.numpy()))
+    assert torch.equal(fusion_core.sqrt_rn(x), expected)
+
+
 def test_separable_sobel_equals_conv2_for_integer_images():
     g = torch.Generator().manual_seed(6)
     x = torch.randint(0, 256, (2, 13, 17), generator=g).double()

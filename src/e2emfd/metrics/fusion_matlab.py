@@ -37,9 +37,11 @@ from e2emfd.metrics.fusion_windowed import nabf, ssim, vifp
 
 
 def _unit(x: Tensor) -> Tensor:
-    """MATLAB ``im2double`` of a uint8 image: ``double(x) / 255`` (a division, not a
-    multiplication by 1/255, so the last bits match)."""
-    return x / 255.0
+    """MATLAB ``im2double`` of a uint8 image: ``double(x) / 255``, a true division so the
+    last bits match (Qabf's equality test depends on them). The divisor is a tensor on the
+    image's device because PyTorch's CUDA kernel replaces division by a Python scalar with
+    multiplication by its reciprocal."""
+    return x / x.new_tensor(255.0)
 
 
 def _round_half_away(x: Tensor) -> Tensor:
