@@ -194,6 +194,13 @@ def test_sqrt_rn_is_correctly_rounded():
     )
     expected = torch.from_numpy(np.sqrt(x.numpy()))
     assert torch.equal(fusion_core.sqrt_rn(x), expected)
+    # The correction used on CUDA, run here: from torch.sqrt and from roots an ulp off.
+    assert torch.equal(fusion_core._corrected_sqrt(x), expected)
+    positive = x > 1e-300
+    for direction in (0.0, math.inf):
+        off = torch.nextafter(expected, torch.full_like(expected, direction))[positive]
+        got = fusion_core._corrected_sqrt(x[positive], off)
+        assert torch.equal(got, expected[positive])
 
 
 def test_separable_sobel_equals_conv2_for_integer_images():

@@ -13,6 +13,7 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -304,13 +305,22 @@ def sobel_separable(x: Tensor, mode: str = "constant") -> tuple[Tensor, Tensor]:
 def sqrt_rn(x: Tensor) -> Tensor:
     """Correctly rounded float64 square root of non-negative ``x`` on any device.
 
-    PyTorch's vectorised float64 ``sqrt`` is not IEEE-exact: on CPU (SLEEF) and on CUDA
-    about 0.6% of results are one ulp off, which matters where results are compared for
-    exact equality (MATLAB's ``sqrt`` is exact). The result r is corrected by one ulp using
-    the exactly computed residual x - r^2 (Dekker's product): the exact root lies beyond
-    r +- ulp/2 iff |x - r^2| exceeds r * ulp (up to a u^2/4 term that never decides here).
+    PyTorch's vectorised float64 ``sqrt`` is not IEEE-exact: on CPU and on CUDA about 0.6%
+    of results are one ulp off, which matters where results are compared for exact
+    equality (MATLAB's ``sqrt`` is exact). On CPU numpy's exact ``sqrt`` is used. Elsewhere
+    the result r is corrected by one ulp using the exactly computed residual x - r^2
+    (Dekker's product): the exact root lies beyond r +- ulp/2 iff |x - r^2| exceeds r * ulp
+    (up to a u^2/4 term that never decides here).
     """
-    r = torch.sqrt(x)
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.sqrt(x.detach().contiguous().numpy()))
+    return _corrected_sqrt(x)
+
+
+def _corrected_sqrt(x: Tensor, r: Tensor | None = None) -> Tensor:
+    """The correctly rounded root from an estimate ``r`` within one ulp (default
+    ``torch.sqrt(x)``); see :func:`sqrt_rn`."""
+    r = torch.sqrt(x) if r is None else r
     c = r * 134217729.0  # 2^27 + 1: splits r into two 26-bit halves
     hi = c - (c - r)
     lo = r - hi

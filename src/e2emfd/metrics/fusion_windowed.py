@@ -168,7 +168,7 @@ def nabf(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
         rel_a = alpha.sub_(alpha_f).abs_().sub_(math.pi / 2).abs_().mul_(2 / math.pi)
         q_g = rel_g.sub_(0.5).mul_(-19).exp_().add_(1).reciprocal_().mul_(0.9999)
         q_a = rel_a.sub_(0.5).mul_(-22).exp_().add_(1).reciprocal_().mul_(0.9995)
-        weight = torch.where(g >= 2, g**1.5, 0.001)
+        weight = torch.where(g >= 2, g * torch.sqrt(g), 0.001)
         losses.append(q_g.mul_(q_a).sqrt_().neg_().add_(1).mul_(weight))
         den += weight.sum(dim=(-2, -1))
         stronger = g_f > g if stronger is None else stronger & (g_f > g)
