@@ -343,9 +343,10 @@ def qabf(f: Tensor, a: Tensor, b: Tensor, matlab_order: bool = False) -> Tensor:
     Q_XF = 0.9994 / (1 + exp(-15 (G - 0.5))) * 0.9879 / (1 + exp(-22 (A - 0.8))), and
     Qabf = sum(Q_AF gA + Q_BF gB) / sum(gA + gB). ``(B, H, W) x3 -> (B,)``.
 
-    ``matlab_order`` sums the Sobel taps in MATLAB ``conv2`` order (needed for 0-1 images,
-    where the equality test depends on the last bit); otherwise the separable form is used,
-    which is exact for integer-valued images.
+    ``matlab_order`` reproduces MATLAB bit for bit on 0-1 images, where the equality test
+    depends on the last bit: Sobel taps summed in ``conv2`` order and a correctly rounded
+    sqrt (another order, e.g. row-major, or torch's sqrt moves Qabf by up to 1e-2
+    relative). Otherwise the separable form is used, exact for integer-valued images.
     """
 
     def edges(x: Tensor) -> tuple[Tensor, Tensor]:
