@@ -16,3 +16,47 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed_torch():
     torch.manual_seed(0)
+
+
+def pytest_configure(config):
+    # Under pytest-xdist each worker is its own process: one intra-op thread per worker
+    # keeps 2 workers on 2 cores from thrashing.
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> Path:
+    """20 synthetic pairs at 128x96 (16 train, 4 test) in the M3FD layout."""
+    from e2emfd.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth_small")
+    generate_dataset(root, num=20, size=(128, 96), seed=11, test_fraction=0.2, progress=False)
+    return root
+
+
+TINY_JOINT = [
+    "model.backbone.depth=18",
+    "model.backbone.width=8",
+    "model.backbone.out_channels=32",
+    "model.backbone.frozen_bn=false",
+    "model.backbone.freeze_at=0",
+    "model.fusion.pixel_channels=4",
+    "model.fusion.hidden=16",
+    "model.detection.hidden=32",
+    "model.detection.num_stages=2",
+    "model.detection.num_proposals=20",
+    "model.detection.num_heads=2",
+    "model.detection.dim_dynamic=8",
+    "model.detection.dim_feedforward=64",
+    "train.batch_size=2",
+    "train.lr=0.001",
+    "train.warmup_iters=2",
+    "train.schedule=constant",
+    "train.eval_every=-1",
+    "train.checkpoint_every=0",
+    "train.log_every=1",
+    "train.gmta_every=1",
+]

@@ -69,6 +69,7 @@ class FusionConfig:
     hidden: int = 128  # gate / decoder width
     region_paths: int = 2  # M selective-kernel attention maps
     color: str = "ycbcr"  # ycbcr | hsv | gray
+    norm: str = "bn"  # bn (paper) | gn (batch-independent, e.g. for exact multi-process CPU runs)
     loss_ssim: float = 10.0
     loss_grad: float = 10.0
     loss_pixel: float = 10.0

@@ -101,10 +101,12 @@ def evaluate(
     conventions: tuple[str, ...] = ("python",),
     max_images: int | None = None,
     progress: bool = False,
+    voc: bool = False,
 ) -> dict:
-    """Detection (COCO AP50:95, AP50, ... per class) and fusion metrics (means per
-    convention) of ``model`` on ``dataset``, in the files' pixel frame."""
-    from e2emfd.metrics.detection import coco_evaluate
+    """Detection (COCO AP50:95, AP50, ... per class; with ``voc`` also VOC07 11-point and
+    all-point mAP50) and fusion metrics (means per convention) of ``model`` on
+    ``dataset``, in the files' pixel frame."""
+    from e2emfd.metrics.detection import coco_evaluate, voc_evaluate
 
     predictions, ground_truths, fusion_rows = [], [], []
     for batch, outputs in iterate_predictions(
@@ -136,6 +138,10 @@ def evaluate(
     result: dict = {"num_images": len(predictions) or len(fusion_rows)}
     if predictions:
         result["detection"] = coco_evaluate(predictions, ground_truths, class_names)
+        if voc:
+            for name, use_07 in (("voc07_mAP50", True), ("voc_mAP50", False)):
+                scores = voc_evaluate(predictions, ground_truths, class_names, use_07_metric=use_07)
+                result["detection"][name] = scores["mAP"]
     if fusion_rows:
         result["fusion"] = _mean_table(fusion_rows)
     return result

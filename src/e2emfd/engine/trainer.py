@@ -8,6 +8,7 @@ processes with DistributedDataParallel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -138,8 +139,9 @@ def train(
         net = DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            # Without the detection head, P5 (and maybe P4) feed nothing.
-            find_unused_parameters="detection" not in tasks or len(tasks) < len(model.tasks),
+            # Which pyramid levels a batch uses depends on its box sizes (RoIAlign picks the
+            # level by size), and fusion-only training never reads P5.
+            find_unused_parameters=True,
         )
     reduce_fn = allreduce_mean() if dist.enabled else None
     mtl = cfg.train.mtl if len(tasks) > 1 else "sum"
@@ -219,26 +221,27 @@ def train(
     data = iter(loader)
     while step < cfg.train.max_iters:
         batch = move_batch(next(data), device)
-        with autocast_context(device, amp):
-            out = net(batch, tasks)
-        losses = {t: out["losses"][t].float() for t in tasks}
-
-        optimizer.zero_grad(set_to_none=True)
-        if not _all_finite(list(losses.values()), dist.enabled):
+        # On balancing steps under DDP the per-task gradients are averaged by the balancer
+        # (reduce_fn) before alignment; DDP's own all-reduce would mix the tasks, so it is
+        # switched off for the whole step (forward included: DDP arms its hooks there).
+        balancing_ddp = dist.enabled and balancer.balances(step)
+        with net.no_sync() if balancing_ddp else contextlib.nullcontext():
+            with autocast_context(device, amp):
+                out = net(batch, tasks)
+            losses = {t: out["losses"][t].float() for t in tasks}
+            optimizer.zero_grad(set_to_none=True)
+            finite = _all_finite(list(losses.values()), dist.enabled)
+            if finite:
+                stats = balancer.backward(losses, step)
+        if not finite:
             bad_steps += 1
             _report_bad_step(step, losses, bad_steps, cfg.train.max_bad_steps, train_log)
             step += 1
             scheduler.step()
             bar.update(1)
             continue
-        if dist.enabled and balancer.balances(step):
-            # Per-task gradients are averaged by the balancer (reduce_fn) before alignment;
-            # DDP's own all-reduce would mix the tasks, so it is switched off for this step.
-            with net.no_sync():
-                stats = balancer.backward(losses, step)
+        if balancing_ddp:
             average_gradients(head_params, reduce_fn)
-        else:
-            stats = balancer.backward(losses, step)
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad or float("inf"))
         if not _all_finite([grad_norm], dist.enabled):
@@ -263,8 +266,8 @@ def train(
                 "lr": optimizer.param_groups[0]["lr"],
                 "grad_norm": float(grad_norm),
             }
-            record.update({f"loss_{t}": v.item() for t, v in losses.items()})
-            record.update({k: v.item() for k, v in out["terms"].items()})
+            named = {f"loss_{t}": v for t, v in losses.items()} | out["terms"]
+            record.update(_mean_over_ranks(named, dist.enabled))
             record.update({f"mtl/{k}": v for k, v in stats.items()})
             train_log.write(record)
             if writer is not None:
@@ -293,13 +296,24 @@ def train(
     return TrainResult(out_dir, step, checkpoint_path, evaluations)
 
 
+def _mean_over_ranks(values: dict[str, torch.Tensor], distributed: bool) -> dict[str, float]:
+    """Scalars averaged over processes (each process's losses are means over its part of
+    the batch, so their mean is the loss of the global batch), with one host sync."""
+    stacked = torch.stack([v.detach().float() for v in values.values()])
+    if distributed:
+        torch.distributed.all_reduce(stacked)
+        stacked /= torch.distributed.get_world_size()
+    return dict(zip(values, stacked.tolist()))
+
+
 def _report_bad_step(step: int, values: dict, bad: int, limit: int, log: JsonlLog) -> None:
     shown = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
-    log.write({"step": step, "skipped": True, "reason": shown})
-    warnings.warn(f"step {step}: non-finite loss or gradient ({shown}); step skipped", stacklevel=2)
+    # Steps are counted from 1 in the logs, like the completed steps.
+    log.write({"step": step + 1, "skipped": True, "reason": shown})
+    warnings.warn(f"step {step + 1}: non-finite loss or gradient ({shown}); step skipped", stacklevel=2)
     if bad >= limit:
         raise NonFiniteLossError(
-            f"{bad} consecutive steps with a non-finite loss or gradient (last at step {step}: "
+            f"{bad} consecutive steps with a non-finite loss or gradient (last at step {step + 1}: "
             f"{shown}); lower train.lr, check the data, or raise train.max_bad_steps"
         )
 

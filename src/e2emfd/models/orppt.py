@@ -18,6 +18,16 @@ from e2emfd.config import FusionConfig
 from e2emfd.models.color import luminance
 
 
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """``bn``: BatchNorm (the paper's); ``gn``: GroupNorm, which does not depend on the
+    batch, so a multi-process CPU run (no SyncBatchNorm there) matches one process."""
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":
+        return nn.GroupNorm(8 if channels % 8 == 0 else 1, channels)
+    raise ValueError(f"model.fusion.norm must be bn or gn, got {kind!r}")
+
+
 def conv3x3_relu(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)
@@ -62,12 +72,14 @@ class SelectiveKernelAttention(nn.Module):
     sum of the paths is the M maps. (B, C, h, w) -> (B, M, h, w).
     """
 
-    def __init__(self, channels: int, maps: int = 2, reduction: int = 32, paths: int = 2) -> None:
+    def __init__(
+        self, channels: int, maps: int = 2, reduction: int = 32, paths: int = 2, norm: str = "bn"
+    ) -> None:
         super().__init__()
         self.paths = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(channels, maps, 3, padding=d, dilation=d, bias=False),
-                nn.BatchNorm2d(maps),
+                make_norm(norm, maps),
                 nn.ReLU(inplace=True),
             )
             for d in range(1, paths + 1)
@@ -87,9 +99,9 @@ class RegionBranch(nn.Module):
     """RFRM: features re-weighted by each attention map, concatenated:
     (B, C, h, w) -> (B, M * C, h, w)."""
 
-    def __init__(self, channels: int, maps: int = 2) -> None:
+    def __init__(self, channels: int, maps: int = 2, norm: str = "bn") -> None:
         super().__init__()
-        self.attention = SelectiveKernelAttention(channels, maps)
+        self.attention = SelectiveKernelAttention(channels, maps, norm=norm)
 
     def forward(self, feat: Tensor) -> Tensor:
         attn = self.attention(feat)
@@ -100,9 +112,9 @@ def hsigmoid(x: Tensor) -> Tensor:
     return F.relu6(x + 3.0) / 6.0
 
 
-def conv1x1_bn_relu(cin: int, cout: int) -> nn.Sequential:
+def conv1x1_bn_relu(cin: int, cout: int, norm: str = "bn") -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        nn.Conv2d(cin, cout, 1, bias=False), make_norm(norm, cout), nn.ReLU(inplace=True)
     )
 
 
@@ -126,15 +138,15 @@ class ORPPTHead(nn.Module):
         hidden = cfg.hidden
         self.pixel = PixelBranch(cfg.pixel_channels)
         self.regions = nn.ModuleList(
-            RegionBranch(in_channels, cfg.region_paths) for _ in self.levels
+            RegionBranch(in_channels, cfg.region_paths, cfg.norm) for _ in self.levels
         )
         # The 1x1 reduction of the summed, upsampled branch outputs is linear, and so is
         # bilinear upsampling: reducing each branch at its own resolution first and then
         # upsampling gives the same R with 4x fewer full-resolution channels.
         self.region_reduce = nn.Conv2d(cfg.region_paths * in_channels, hidden, 1, bias=False)
         self.region_bias = nn.Parameter(torch.zeros(hidden))
-        self.pixel_proj = conv1x1_bn_relu(self.pixel.out_channels, hidden)
-        self.gate = conv1x1_bn_relu(hidden, hidden)
+        self.pixel_proj = conv1x1_bn_relu(self.pixel.out_channels, hidden, cfg.norm)
+        self.gate = conv1x1_bn_relu(hidden, hidden, cfg.norm)
         widths = [hidden, hidden // 2, hidden // 2, hidden // 2, hidden // 4]
         self.decoder = nn.Sequential(
             *(conv3x3_relu(a, b) for a, b in zip(widths[:-1], widths[1:])),

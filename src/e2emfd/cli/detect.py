@@ -1,0 +1,106 @@
+"""``e2emfd detect``: detections for folders of pairs, as COCO results JSON and drawings."""
+
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """\
+Run a trained model's detector on every pair of --vi and --ir (paired by file stem).
+Writes to --out:
+  detections.json   COCO-format results [{image_id, category_id, bbox: [x, y, w, h], score}]
+  images.json       the image ids: [{id, file_name, width, height}] and the categories
+  drawn/<stem>.png  the fused image (or the visible one, for a detection-only model)
+                    with boxes and class names above --draw-threshold
+Boxes are in the files' pixel coordinates. Pairs of one size are batched together.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "detect",
+        help="detect objects in image pairs with a trained model",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--weights", required=True, help="checkpoint of a model with a detection head")
+    parser.add_argument("--vi", required=True, help="folder of visible images")
+    parser.add_argument("--ir", required=True, help="folder of infrared images")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--num-proposals", type=int, help="proposals at inference (default: the model's)")
+    parser.add_argument("--steps", type=int, help="DDIM sampling steps (default: the model's)")
+    parser.add_argument("--draw-threshold", type=float, default=0.3, help="minimum score to draw")
+    parser.add_argument("--no-draw", action="store_true", help="write only the JSON files")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+    from tqdm import tqdm
+
+    from e2emfd.data import PairDataset, Resize, write_png
+    from e2emfd.engine.checkpoint import load_model_for_inference
+    from e2emfd.engine.runtime import resolve_device
+    from e2emfd.metrics.detection import to_coco_results
+    from e2emfd.viz import draw_boxes
+
+    device = resolve_device(args.device)
+    model, cfg = load_model_for_inference(args.weights, device)
+    if model.detector is None:
+        raise ValueError(f"{args.weights}: this model has no detection head")
+    classes = list(cfg.data.classes)
+    resize = Resize(cfg.data.short_side, cfg.data.max_size)  # the resolution it was trained at
+    dataset = PairDataset.from_folders(
+        vis_dir=str(Path(args.vi).resolve()), ir_dir=str(Path(args.ir).resolve()), transform=resize
+    )
+    out_dir = Path(args.out)
+    (out_dir / "drawn").mkdir(parents=True, exist_ok=True)
+    kwargs = {k: v for k, v in (("num_proposals", args.num_proposals), ("sampling_steps", args.steps)) if v}
+
+    images, results = [], []
+    pending: dict[tuple[int, int], list[dict]] = {}
+
+    def flush(samples: list[dict]) -> None:
+        vis = torch.stack([s["vis"] for s in samples]).to(device)
+        ir = torch.stack([s["ir"] for s in samples]).to(device)
+        with torch.no_grad():
+            detections = model.detect(vis, ir, **kwargs)
+            shown = model.fuse(vis, ir) if model.fusion is not None else vis
+        for sample, det, image in zip(samples, detections, shown.float().cpu()):
+            det = {k: v.cpu() for k, v in det.items()}
+            det["boxes"] = det["boxes"] / sample["scale"].repeat(2)
+            image_id = len(images) + 1
+            h, w = sample["orig_size"].tolist()
+            images.append({"id": image_id, "file_name": Path(sample["vis_path"]).name, "width": w, "height": h})
+            results.extend(to_coco_results([det], [image_id], classes))
+            if not args.no_draw:
+                keep = det["scores"] >= args.draw_threshold
+                picture = torch.nn.functional.interpolate(image[None], size=(h, w), mode="bilinear")[0]
+                drawn = draw_boxes(
+                    picture.permute(1, 2, 0).numpy(), det["boxes"][keep].numpy(),
+                    det["labels"][keep].numpy(), classes, det["scores"][keep].numpy(),
+                    thickness=max(1, round(min(h, w) / 400)),
+                )
+                write_png(out_dir / "drawn" / f"{sample['image_id']}.png", drawn)
+            bar.update(1)
+
+    bar = tqdm(total=len(dataset), desc="detecting", unit="pair", disable=args.no_progress)
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        key = tuple(sample["vis"].shape[-2:])
+        pending.setdefault(key, []).append(sample)
+        if len(pending[key]) == args.batch_size:
+            flush(pending.pop(key))
+    for samples in pending.values():
+        flush(samples)
+    bar.close()
+    categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
+    (out_dir / "detections.json").write_text(json.dumps(results))
+    (out_dir / "images.json").write_text(json.dumps({"images": images, "categories": categories}, indent=1))
+    print(f"{len(results)} detections on {len(images)} pairs -> {out_dir / 'detections.json'}")
+    return 0
