@@ -37,6 +37,7 @@ from .rotated_roi_align import (
 __all__ = [
     "MultiLevelRotatedRoIAlign",
     "assign_rotated_levels",
+    "clip_convex_polygons",
     "hflip_obb",
     "min_area_rect",
     "multilevel_rotated_roi_align",
