@@ -360,7 +360,7 @@ def test_tiny_overfit_on_one_batch_lowers_the_loss():
     for _ in range(40):
         losses = head(feats, sizes, targets)
         total = sum(losses.values())
-        history.append({k: float(v) for k, v in losses.items()})
+        history.append({k: v.item() for k, v in losses.items()})
         opt.zero_grad()
         total.backward()
         opt.step()
