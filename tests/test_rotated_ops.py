@@ -24,6 +24,7 @@ from e2emfd.ops.rotated import (
     poly_to_obb,
     rotated_batched_nms,
     rotated_box_iou,
+    rotated_box_mask,
     rotated_nms,
     rotated_roi_align,
     scale_obb,
@@ -429,3 +430,32 @@ def test_multilevel_pooling_uses_the_selected_level():
     module = MultiLevelRotatedRoIAlign(strides, output_size=5)
     boxes = torch.stack([rois[:1, 1:], rois[1:, 1:]])  # (B=2, N=1, 5)
     torch.testing.assert_close(module(feats, boxes), out)
+
+
+# ----------------------------------------------------------------------------------- masks
+
+
+def test_rotated_box_mask_matches_shapely_and_the_axis_aligned_mask():
+    from shapely.geometry import Point
+
+    from e2emfd.losses.fusion import box_mask
+
+    boxes = torch.tensor(
+        # (no pixel centre exactly on an edge, where the two masks differ by convention)
+        [[10.3, 8.2, 12.5, 4.2, 0.6], [25.1, 14.7, 9.4, 3.3, -1.3], [-2.2, 1.1, 6.4, 4.4, 0.2]],
+        dtype=torch.float64,
+    )
+    mask = rotated_box_mask(boxes, 20, 30)
+    rects = [_shapely_rect(b) for b in boxes]
+    ref = torch.tensor(
+        [
+            [any(r.contains(Point(j + 0.5, i + 0.5)) for r in rects) for j in range(30)]
+            for i in range(20)
+        ]
+    )
+    assert mask.sum() > 50 and torch.equal(mask, ref)
+    flat = boxes.clone()
+    flat[:, 4] = 0
+    ref = box_mask([obb_to_hbb(flat).float()], 20, 30)[0, 0].bool()
+    assert torch.equal(rotated_box_mask(flat, 20, 30), ref)
+    assert not rotated_box_mask(torch.zeros(0, 5), 4, 4).any()

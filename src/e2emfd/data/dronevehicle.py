@@ -214,14 +214,14 @@ def clip_obb_to_image(
     boxes = boxes.double()
     n = boxes.shape[0]
     frame = boxes.new_tensor([[0, 0], [width, 0], [width, height], [0, height]])
-    four = torch.full((n,), 4, dtype=torch.long)
+    four = torch.full((n,), 4, dtype=torch.long, device=boxes.device)
     pts, count = clip_convex_polygons(obb_to_poly(boxes).view(n, 4, 2), four, frame.expand(n, 4, 2))
     area = boxes[:, 2] * boxes[:, 3]
     fraction = torch.where(area > 0, polygon_area(pts, count) / area.clamp(min=1e-300), 0.0)
     fraction = fraction.clamp(0, 1)
     hull = obb_to_hbb(boxes)
     inside = (hull[:, :2] >= 0).all(1) & (hull[:, 2] <= width) & (hull[:, 3] <= height)
-    valid = torch.arange(pts.shape[1])[None] < count[:, None]
+    valid = torch.arange(pts.shape[1], device=boxes.device)[None] < count[:, None]
     clipped = torch.where(inside[:, None], boxes, min_area_rect(pts, valid))
     return clipped, fraction
 

@@ -49,6 +49,7 @@ __all__ = [
     "polygon_area",
     "rotated_batched_nms",
     "rotated_box_iou",
+    "rotated_box_mask",
     "rotated_nms",
     "rotated_roi_align",
     "scale_obb",
@@ -184,6 +185,28 @@ def scale_obb(boxes: Tensor, sx: float, sy: float) -> Tensor:
         return torch.cat([boxes[..., :4] * sx, boxes[..., 4:]], dim=-1)
     poly = obb_to_poly(boxes) * boxes.new_tensor([sx, sy]).repeat(4)
     return poly_to_obb(poly).to(boxes.dtype)
+
+
+def rotated_box_mask(boxes: Tensor, height: int, width: int) -> Tensor:
+    """(H, W) bool mask of the pixels whose centre ``(j + 0.5, i + 0.5)`` lies in any of
+    the rotated boxes (N, 5) (edges included), e.g. the object mask of the fusion loss."""
+    _check_boxes(boxes, "boxes")
+    out = torch.zeros(height, width, dtype=torch.bool, device=boxes.device)
+    if boxes.shape[0] == 0:
+        return out
+    boxes = boxes.double()
+    hull = obb_to_hbb(boxes)
+    lo = hull[:, :2].floor().clamp(min=0)
+    hi = hull[:, 2:].ceil().clamp(max=hull.new_tensor([width, height]))
+    for box, (x0, y0), (x1, y1) in zip(boxes, lo.long().tolist(), hi.long().tolist()):
+        if x1 <= x0 or y1 <= y0:
+            continue
+        ys = torch.arange(y0, y1, device=boxes.device, dtype=boxes.dtype)[:, None] + 0.5 - box[1]
+        xs = torch.arange(x0, x1, device=boxes.device, dtype=boxes.dtype)[None, :] + 0.5 - box[0]
+        c, s = torch.cos(box[4]), torch.sin(box[4])
+        inside = ((xs * c + ys * s).abs() <= box[2] / 2) & ((-xs * s + ys * c).abs() <= box[3] / 2)
+        out[y0:y1, x0:x1] |= inside
+    return out
 
 
 # -------------------------------------------------------------- polygon clipping and areas
