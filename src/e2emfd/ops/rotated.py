@@ -119,7 +119,7 @@ def min_area_rect(points: Tensor, valid: Tensor | None = None) -> Tensor:
         valid = torch.ones(pts.shape[:-1], dtype=torch.bool, device=pts.device)
     p = pts.shape[-2]
     weights = valid.double()
-    # work around the mean point: coordinates of ~1000 px lose digits in the projections
+    # relative to the mean point: coordinates of ~1000 px would lose digits in projections
     origin = (pts * weights[..., None]).sum(-2) / weights.sum(-1, keepdim=True).clamp(min=1)
     pts = pts - origin[..., None, :]
     i, j = torch.triu_indices(p, p, 1, device=pts.device)
