@@ -68,7 +68,8 @@ def test_training_forward_and_every_fusion_parameter_gets_a_gradient(b):
     for name, p in model.fusion.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     pixel_params = [n for n, _ in model.fusion.named_parameters() if n.startswith("pixel.")]
-    assert len(pixel_params) == 2 * (3 + 2) * 2  # PFMM: 2 blocks x 5 convs x (weight, bias)
+    # PFMM: 2 blocks x (3 body convs + the two heads stored as one conv) x (weight, bias)
+    assert len(pixel_params) == 2 * (3 + 1) * 2
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 3, 4])

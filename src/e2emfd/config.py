@@ -111,6 +111,7 @@ class DetectionConfig:
 @dataclass
 class ModelConfig:
     modality: str = "both"  # both | vis | ir (single-modality baselines)
+    channels_last: bool = True  # NHWC convolutions: faster on CPU (oneDNN) and CUDA (cuDNN)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)

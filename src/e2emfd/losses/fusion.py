@@ -39,12 +39,29 @@ def ssim_map(
     x: Tensor, y: Tensor, size: int = 11, sigma: float = 1.5, data_range: float = 1.0
 ) -> Tensor:
     """Per-pixel SSIM (Wang et al. 2004) with a Gaussian window: (B, 1, H, W)."""
+    return ssim_maps(x, [y], size, sigma, data_range)[0]
+
+
+def ssim_maps(
+    x: Tensor, refs: list[Tensor], size: int = 11, sigma: float = 1.5, data_range: float = 1.0
+) -> list[Tensor]:
+    """SSIM maps of (B, 1, H, W) ``x`` against each reference, with every local moment
+    computed in ONE grouped blur: on a CPU, one depthwise convolution over 2 + 3R channels
+    is several times faster than 5R separate single-channel ones."""
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x, mu_y = gaussian_blur(x, size, sigma), gaussian_blur(y, size, sigma)
-    sxx = gaussian_blur(x * x, size, sigma) - mu_x**2
-    syy = gaussian_blur(y * y, size, sigma) - mu_y**2
-    sxy = gaussian_blur(x * y, size, sigma) - mu_x * mu_y
-    return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    planes = [x, x * x] + refs + [r * r for r in refs] + [x * r for r in refs]
+    moments = gaussian_blur(torch.cat(planes, 1), size, sigma)
+    n = len(refs)
+    mu_x, ex2 = moments[:, 0:1], moments[:, 1:2]
+    sxx = ex2 - mu_x**2
+    out = []
+    for i in range(n):
+        mu_y = moments[:, 2 + i : 3 + i]
+        syy = moments[:, 2 + n + i : 3 + n + i] - mu_y**2
+        sxy = moments[:, 2 + 2 * n + i : 3 + 2 * n + i] - mu_x * mu_y
+        num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+        out.append(num / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)))
+    return out
 
 
 def valid_mask(image_sizes: Tensor, height: int, width: int) -> Tensor:
@@ -109,13 +126,14 @@ def fusion_loss(
     pixel = _masked_mean(pixel_err, valid)
 
     grad = fused.new_zeros(())
+    sources = torch.cat([fused, ir, lum], 1)  # one grouped blur per kernel size
     for size, weight in ((3, 10.0), (5, 10.0), (7, 1.0)):
-        target = torch.maximum(high_pass(ir, size), high_pass(lum, size)).detach()
-        grad = grad + weight * _masked_mean((high_pass(fused, size) - target).abs(), valid)
+        h_f, h_ir, h_lum = high_pass(sources, size).split(1, dim=1)
+        target = torch.maximum(h_ir, h_lum).detach()
+        grad = grad + weight * _masked_mean((h_f - target).abs(), valid)
 
-    ssim = 0.5 * (1 - _masked_mean(ssim_map(fused, lum), valid)) + 0.5 * (
-        1 - _masked_mean(ssim_map(fused, ir), valid)
-    )
+    ssim_lum, ssim_ir = ssim_maps(fused, [lum, ir])
+    ssim = 0.5 * (1 - _masked_mean(ssim_lum, valid)) + 0.5 * (1 - _masked_mean(ssim_ir, valid))
     return {
         "loss_ssim": cfg.loss_ssim * ssim,
         "loss_grad": cfg.loss_grad * grad,
@@ -123,4 +141,12 @@ def fusion_loss(
     }
 
 
-__all__ = ["box_mask", "fusion_loss", "gaussian_blur", "high_pass", "ssim_map", "valid_mask"]
+__all__ = [
+    "box_mask",
+    "fusion_loss",
+    "gaussian_blur",
+    "high_pass",
+    "ssim_map",
+    "ssim_maps",
+    "valid_mask",
+]

@@ -65,6 +65,14 @@ class E2EMFD(nn.Module):
                 tuple(self.backbone.strides[:4]),
             )
 
+        if cfg.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def _layout(self, *images: Tensor) -> tuple[Tensor, ...]:
+        if not self.cfg.channels_last:
+            return images
+        return tuple(x.contiguous(memory_format=torch.channels_last) for x in images)
+
     @property
     def tasks(self) -> tuple[str, ...]:
         return tuple(
@@ -88,7 +96,8 @@ class E2EMFD(nn.Module):
         "detections": list of B dicts or None}``, in the padded input frame.
         """
         tasks = self.tasks if tasks is None else tuple(t for t in tasks if t in self.tasks)
-        vis, ir, sizes = batch["vis"], batch["ir"], batch["image_sizes"]
+        vis, ir = self._layout(batch["vis"], batch["ir"])
+        sizes = batch["image_sizes"]
         features = self.backbone(vis, ir)
         if self.training:
             # Losses in TASKS order (detection, fusion): the balancer's statistics
@@ -123,7 +132,7 @@ class E2EMFD(nn.Module):
         if self.fusion is None:
             raise ValueError("this model has no fusion head (model.fusion.enabled=false)")
         h, w = vis.shape[-2:]
-        vis_p, ir_p = pad_batch(vis), pad_batch(ir)
+        vis_p, ir_p = self._layout(pad_batch(vis), pad_batch(ir))
         features = self.backbone(vis_p, ir_p)
         fused = self.fusion(features, vis_p, ir_p)["fused"][..., :h, :w]
         return restore_color(fused, vis.float(), color or self.cfg.fusion.color)
@@ -135,7 +144,7 @@ class E2EMFD(nn.Module):
         if self.detector is None:
             raise ValueError("this model has no detection head (model.detection.enabled=false)")
         b, _, h, w = vis.shape
-        features = self.backbone(pad_batch(vis), pad_batch(ir))
+        features = self.backbone(*self._layout(pad_batch(vis), pad_batch(ir)))
         sizes = torch.tensor([[h, w]] * b, device=vis.device)
         return self.detector(features, sizes, **kwargs)
 

@@ -36,19 +36,21 @@ def conv3x3_relu(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
 
 class FusionBlock(nn.Module):
     """Three conv3x3+ReLU, then two parallel conv3x3+ReLU heads, concatenated:
-    (B, cin, H, W) -> (B, 2 * width, H, W)."""
+    (B, cin, H, W) -> (B, 2 * width, H, W).
+
+    The two heads are stored as one convolution with 2 * width outputs: the same function
+    and parameters as two convolutions followed by a concatenation, in one kernel call.
+    """
 
     def __init__(self, cin: int, width: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
             conv3x3_relu(cin, width), conv3x3_relu(width, width), conv3x3_relu(width, width)
         )
-        self.head_a = conv3x3_relu(width, width)
-        self.head_b = conv3x3_relu(width, width)
+        self.heads = conv3x3_relu(width, 2 * width)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.body(x)
-        return torch.cat([self.head_a(x), self.head_b(x)], 1)
+        return self.heads(self.body(x))
 
 
 class PixelBranch(nn.Module):

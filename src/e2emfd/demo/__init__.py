@@ -1,0 +1,1 @@
+"""The demo (synthetic scenes -> joint training -> report) and the modality experiment."""
