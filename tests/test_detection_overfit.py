@@ -40,7 +40,10 @@ OVERFIT = [
 def test_tiny_detector_overfits_eight_pairs(tmp_path):
     root = tmp_path / "synth"
     generate_dataset(root, num=10, size=(160, 128), seed=5, test_fraction=0.2, progress=False)
-    cfg = load_config(None, OVERFIT + [f"data.root={root}", f"output_dir={tmp_path / 'run'}", "train.max_iters=400"])
+    cfg = load_config(
+        None,
+        OVERFIT + [f"data.root={root}", f"output_dir={tmp_path / 'run'}", "train.max_iters=400"],
+    )
     result = train(cfg, progress=False)
     model, _ = load_model_for_inference(result.checkpoint)
     dataset = build_dataset(cfg.data, "train", build_transforms(cfg.data, train=False))

@@ -6,8 +6,8 @@ import pickle
 
 import pytest
 import torch
-from conftest import TINY_JOINT
 
+from conftest import TINY_JOINT
 from e2emfd.config import TrainConfig, load_config
 from e2emfd.data import build_dataset, build_transforms, collate_pairs
 from e2emfd.engine import checkpoint as ckpt
@@ -34,7 +34,9 @@ def test_every_balancing_method_runs_joint_steps(synth_small, tmp_path, method):
     if method != "sum":
         assert all("mtl/cos" in r and "mtl/cond_before" in r for r in log)
     after = ckpt.load_checkpoint(result.checkpoint)["model"]
-    changed = [k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])]
+    changed = [
+        k for k in before if before[k].is_floating_point() and not torch.equal(before[k], after[k])
+    ]
     assert changed  # the model trained
 
 
@@ -57,7 +59,12 @@ def test_gmta_step_writes_the_aligned_gradient_to_every_shared_parameter(synth_s
     g_det, g_fus = task_grads()
     flat = torch.stack(
         [
-            torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(gs, shared)])
+            torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).flatten()
+                    for g, p in zip(gs, shared)
+                ]
+            )
             for gs in (g_det, g_fus)
         ]
     ).double()
@@ -67,7 +74,9 @@ def test_gmta_step_writes_the_aligned_gradient_to_every_shared_parameter(synth_s
     torch.set_rng_state(state)  # same diffusion noise as above
     model.zero_grad()
     stats = TaskBalancer("gmta", shared).backward(model(batch)["losses"], step=0)
-    got = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in shared])
+    got = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in shared]
+    )
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-9)
     assert stats["cond_after"] == pytest.approx(1.0, abs=1e-6)
     # Every shared tensor that a task reaches gets a .grad other than the plain sum (the
@@ -96,7 +105,10 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(synth_small, tmp_path, 
 
     monkeypatch.setattr(E2EMFD, "forward", flaky)
     cfg = _cfg(synth_small, tmp_path, "train.max_iters=20", "train.max_bad_steps=3")
-    with pytest.warns(UserWarning, match="non-finite"), pytest.raises(NonFiniteLossError, match="3 consecutive"):
+    with (
+        pytest.warns(UserWarning, match="non-finite"),
+        pytest.raises(NonFiniteLossError, match="3 consecutive"),
+    ):
         train(cfg, progress=False)
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r.get("skipped")] == [2, 4, 5, 6]
@@ -124,18 +136,26 @@ def test_checkpoint_refuses_unsafe_and_broken_files(tmp_path):
 def test_resume_with_an_incompatible_config_lists_the_keys(synth_small, tmp_path):
     train(_cfg(synth_small, tmp_path, "train.max_iters=1"), progress=False)
     cfg = _cfg(synth_small, tmp_path, "train.max_iters=2", "model.fusion.hidden=8")
-    with pytest.raises(ValueError, match=r"different model config: model.fusion.hidden: checkpoint 16 != config 8"):
+    with pytest.raises(
+        ValueError, match=r"different model config: model.fusion.hidden: checkpoint 16 != config 8"
+    ):
         train(cfg, resume=True, progress=False)
     model = build_model(cfg.model)
     with pytest.raises(ValueError, match=r"weights do not fit this model; .*shape"):
-        ckpt.load_model_state(model, ckpt.load_checkpoint(tmp_path / "checkpoint_last.pt")["model"], "x.pt")
+        ckpt.load_model_state(
+            model, ckpt.load_checkpoint(tmp_path / "checkpoint_last.pt")["model"], "x.pt"
+        )
 
 
 def test_lr_schedules_match_hand_values():
-    cfg = TrainConfig(lr=1.0, warmup_iters=10, warmup_factor=0.1, lr_steps=[20, 30], lr_gamma=0.5, max_iters=40)
+    cfg = TrainConfig(
+        lr=1.0, warmup_iters=10, warmup_factor=0.1, lr_steps=[20, 30], lr_gamma=0.5, max_iters=40
+    )
     assert lr_factor(0, cfg) == pytest.approx(0.1)
     assert lr_factor(5, cfg) == pytest.approx(0.1 * 0.5 + 0.5)
-    assert [lr_factor(s, cfg) for s in (10, 19, 20, 30, 39)] == pytest.approx([1, 1, 0.5, 0.25, 0.25])
+    assert [lr_factor(s, cfg) for s in (10, 19, 20, 30, 39)] == pytest.approx(
+        [1, 1, 0.5, 0.25, 0.25]
+    )
     cfg.schedule = "cosine"
     assert lr_factor(25, cfg) == pytest.approx(0.5)  # half-way through the decay
     assert lr_factor(40, cfg) == pytest.approx(0.0, abs=1e-12)

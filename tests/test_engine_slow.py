@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_JOINT
 
+from conftest import TINY_JOINT
 from e2emfd.engine import checkpoint as ckpt
 
 BIN = Path(sys.executable).parent
@@ -35,7 +35,12 @@ def _weights(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(synth_small, tmp_path):
-    common = ["train.max_iters=12", "train.checkpoint_every=3", "train.mtl=gmta", "train.gmta_every=2"]
+    common = [
+        "train.max_iters=12",
+        "train.checkpoint_every=3",
+        "train.mtl=gmta",
+        "train.gmta_every=2",
+    ]
     cli = [str(BIN / "e2emfd"), "train", "--no-progress", *_config_arg(tmp_path)]
     reference = tmp_path / "reference"
     done = _run([*cli, *_args(synth_small, reference, *common)])
@@ -45,7 +50,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(synth_small, tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [*cli, *_args(synth_small, killed, *common)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 300
     step = 0
@@ -81,14 +88,28 @@ def test_two_ddp_processes_match_one_process(synth_small, tmp_path):
     ]
     single = tmp_path / "single"
     one = _run(
-        [str(BIN / "e2emfd"), "train", "--no-progress", *_config_arg(tmp_path),
-         *_args(synth_small, single, *common, "train.batch_size=4")]
+        [
+            str(BIN / "e2emfd"),
+            "train",
+            "--no-progress",
+            *_config_arg(tmp_path),
+            *_args(synth_small, single, *common, "train.batch_size=4"),
+        ]
     )
     assert one.returncode == 0, one.stderr[-2000:]
     ddp = tmp_path / "ddp"
     two = _run(
-        [str(BIN / "torchrun"), "--nproc_per_node=2", "--master_port=29533", "-m", "e2emfd", "train",
-         "--no-progress", *_config_arg(tmp_path), *_args(synth_small, ddp, *common, "train.batch_size=2")]
+        [
+            str(BIN / "torchrun"),
+            "--nproc_per_node=2",
+            "--master_port=29533",
+            "-m",
+            "e2emfd",
+            "train",
+            "--no-progress",
+            *_config_arg(tmp_path),
+            *_args(synth_small, ddp, *common, "train.batch_size=2"),
+        ]
     )
     assert two.returncode == 0, two.stderr[-3000:]
     # The global batch's losses and gradient norms (GMTA-aligned on steps 0 and 2) agree
@@ -100,7 +121,10 @@ def test_two_ddp_processes_match_one_process(synth_small, tmp_path):
     for one_step, ddp_step in zip(*logs):
         for key in ("loss_detection", "loss_fusion", "grad_norm", "mtl/cos", "mtl/norm_ratio"):
             if key in one_step:
-                assert ddp_step[key] == pytest.approx(one_step[key], rel=1e-4), (key, one_step["step"])
+                assert ddp_step[key] == pytest.approx(one_step[key], rel=1e-4), (
+                    key,
+                    one_step["step"],
+                )
     assert sum("mtl/cos" in r for r in logs[0]) == 2
     # ... and so do the weights: AdamW turns rounding in near-zero gradient entries into
     # differences of a fraction of one step (lr = 1e-3), so compare at that scale.

@@ -11,15 +11,12 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-import weakref
 from collections.abc import Callable
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import Tensor, nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torchjd import aggregation as agg
 
 from e2emfd.mtl import (
@@ -33,6 +30,7 @@ from e2emfd.mtl import (
     gmta_weights,
     gram_matrix,
 )
+from e2emfd.utils.memory import LiveBytes
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 F64 = torch.float64
@@ -379,32 +377,6 @@ def test_bad_arguments() -> None:
 
 
 # ----------------------------------------------------------------------------- memory
-class LiveBytes(TorchDispatchMode):
-    """Tracks bytes of live tensor storages created by any op (autograd's included)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: set[int] = set()
-        self.current = 0
-        self.peak = 0
-
-    def _release(self, key: int, nbytes: int) -> None:
-        self.live.discard(key)
-        self.current -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor):
-                storage = t.untyped_storage()
-                if storage._cdata not in self.live:
-                    self.live.add(storage._cdata)
-                    self.current += storage.nbytes()
-                    self.peak = max(self.peak, self.current)
-                    weakref.finalize(storage, self._release, storage._cdata, storage.nbytes())
-        return out
-
-
 def _measure(step_fn: Callable[[list[nn.Parameter], dict[str, Tensor]], None]) -> tuple[int, int]:
     """(peak, still live) bytes of one forward + backward of a parameter-heavy model."""
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ class DataConfig:
     train_split: str = "train"  # name of ImageSets/Main/<split>.txt, or "" for every pair
     test_split: str = "test"
     classes: list[str] = field(default_factory=lambda: list(M3FD_CLASSES))
-    vis_dir: str = ""  # "" = auto-detect (Vis, vi, visible, ...)
+    vis_dir: str = ""  # "" = auto-detect (Vis, vi, visible, ...); "{split}" = the split name
     ir_dir: str = ""
     label_dir: str = ""
     label_modality: str = "visible"  # yolo/dronevehicle: which modality's labels to use

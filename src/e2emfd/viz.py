@@ -7,8 +7,16 @@ import numpy as np
 
 # A fixed palette (RGB), one colour per class index, readable on dark and bright images.
 PALETTE = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
 ]
 
 
@@ -43,7 +51,16 @@ def draw_boxes(
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(y1 - th - base - 1, 0)
         cv2.rectangle(out, (x1, top), (x1 + tw + 2, top + th + base + 1), color, -1)
-        cv2.putText(out, text, (x1 + 1, top + th), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(
+            out,
+            text,
+            (x1 + 1, top + th),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
     return out
 
 

@@ -22,7 +22,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    parser.add_argument("--budget-minutes", type=float, default=15.0, help="wall-clock budget (default 15)")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=15.0, help="wall-clock budget (default 15)"
+    )
     parser.add_argument("--num-images", type=int, default=400, help="synthetic pairs (default 400)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -36,13 +38,23 @@ def run(args: argparse.Namespace) -> int:
     from e2emfd.demo.pipeline import run_demo
 
     summary = run_demo(
-        args.out, args.budget_minutes, args.num_images, args.seed, list(args.overrides), not args.no_progress
+        args.out,
+        args.budget_minutes,
+        args.num_images,
+        args.seed,
+        list(args.overrides),
+        not args.no_progress,
     )
     det = summary["detection"]
     print()
-    print(f"E2E-MFD demo: {summary['steps']} training steps, {summary['total_minutes']:.1f} min in total")
+    print(
+        f"E2E-MFD demo: {summary['steps']} training steps, "
+        f"{summary['total_minutes']:.1f} min in total"
+    )
     print(f"detection (test split): AP50 {det['AP50']:.3f}   AP50:95 {det['AP']:.3f}")
-    print("  per class AP50: " + "  ".join(f"{k} {v:.2f}" for k, v in det["per_class_AP50"].items()))
+    print(
+        "  per class AP50: " + "  ".join(f"{k} {v:.2f}" for k, v in det["per_class_AP50"].items())
+    )
     table = summary["fusion"]["python"]
     keys = ["EN", "MI", "VIF", "Qabf", "SSIM"]
     print("fusion (python convention)  " + "  ".join(f"{k:>6}" for k in keys))

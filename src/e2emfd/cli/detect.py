@@ -22,12 +22,16 @@ def register(subparsers) -> None:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--weights", required=True, help="checkpoint of a model with a detection head")
+    parser.add_argument(
+        "--weights", required=True, help="checkpoint of a model with a detection head"
+    )
     parser.add_argument("--vi", required=True, help="folder of visible images")
     parser.add_argument("--ir", required=True, help="folder of infrared images")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--num-proposals", type=int, help="proposals at inference (default: the model's)")
+    parser.add_argument(
+        "--num-proposals", type=int, help="proposals at inference (default: the model's)"
+    )
     parser.add_argument("--steps", type=int, help="DDIM sampling steps (default: the model's)")
     parser.add_argument("--draw-threshold", type=float, default=0.3, help="minimum score to draw")
     parser.add_argument("--no-draw", action="store_true", help="write only the JSON files")
@@ -60,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
     )
     out_dir = Path(args.out)
     (out_dir / "drawn").mkdir(parents=True, exist_ok=True)
-    kwargs = {k: v for k, v in (("num_proposals", args.num_proposals), ("sampling_steps", args.steps)) if v}
+    kwargs = {
+        k: v
+        for k, v in (("num_proposals", args.num_proposals), ("sampling_steps", args.steps))
+        if v
+    }
 
     images, results = [], []
     pending: dict[tuple[int, int], list[dict]] = {}
@@ -76,14 +84,26 @@ def run(args: argparse.Namespace) -> int:
             det["boxes"] = det["boxes"] / sample["scale"].repeat(2)
             image_id = len(images) + 1
             h, w = sample["orig_size"].tolist()
-            images.append({"id": image_id, "file_name": Path(sample["vis_path"]).name, "width": w, "height": h})
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": Path(sample["vis_path"]).name,
+                    "width": w,
+                    "height": h,
+                }
+            )
             results.extend(to_coco_results([det], [image_id], classes))
             if not args.no_draw:
                 keep = det["scores"] >= args.draw_threshold
-                picture = torch.nn.functional.interpolate(image[None], size=(h, w), mode="bilinear")[0]
+                picture = torch.nn.functional.interpolate(
+                    image[None], size=(h, w), mode="bilinear"
+                )[0]
                 drawn = draw_boxes(
-                    picture.permute(1, 2, 0).numpy(), det["boxes"][keep].numpy(),
-                    det["labels"][keep].numpy(), classes, det["scores"][keep].numpy(),
+                    picture.permute(1, 2, 0).numpy(),
+                    det["boxes"][keep].numpy(),
+                    det["labels"][keep].numpy(),
+                    classes,
+                    det["scores"][keep].numpy(),
                     thickness=max(1, round(min(h, w) / 400)),
                 )
                 write_png(out_dir / "drawn" / f"{sample['image_id']}.png", drawn)
@@ -101,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
     (out_dir / "detections.json").write_text(json.dumps(results))
-    (out_dir / "images.json").write_text(json.dumps({"images": images, "categories": categories}, indent=1))
+    (out_dir / "images.json").write_text(
+        json.dumps({"images": images, "categories": categories}, indent=1)
+    )
     print(f"{len(results)} detections on {len(images)} pairs -> {out_dir / 'detections.json'}")
     return 0

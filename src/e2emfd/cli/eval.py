@@ -50,9 +50,15 @@ def run(args: argparse.Namespace) -> int:
     model, _ = load_model_for_inference(args.weights, device)
     dataset = build_dataset(cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False))
     result = evaluate(
-        model, dataset, device, dataset.classes, args.batch_size,
-        conventions=("python", "matlab"), max_images=args.max_images,
-        progress=not args.no_progress, voc=True,
+        model,
+        dataset,
+        device,
+        dataset.classes,
+        args.batch_size,
+        conventions=("python", "matlab"),
+        max_images=args.max_images,
+        progress=not args.no_progress,
+        voc=True,
     )
     result["weights"] = str(args.weights)
     result["split"] = cfg.data.test_split
@@ -72,7 +78,10 @@ def format_result(result: dict) -> str:
             f"detection  AP50:95 {det['AP']:.3f}  AP50 {det['AP50']:.3f}  AP75 {det['AP75']:.3f}"
             + (f"  VOC07 mAP50 {det['voc07_mAP50']:.3f}" if "voc07_mAP50" in det else "")
         )
-        lines.append("  per class AP50: " + "  ".join(f"{k} {v:.3f}" for k, v in det["per_class_AP50"].items()))
+        lines.append(
+            "  per class AP50: "
+            + "  ".join(f"{k} {v:.3f}" for k, v in det["per_class_AP50"].items())
+        )
     for conv, values in result.get("fusion", {}).items():
         lines.append(f"fusion ({conv}): " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
     return "\n".join(lines)

@@ -23,7 +23,9 @@ def register(subparsers) -> None:
     parser.add_argument("name", choices=["modality"], help="which experiment")
     parser.add_argument("--out", default="demo_out/experiment_modality", help="output folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default 0 1)")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps per run (default 1000)")
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="training steps per run (default 1000)"
+    )
     parser.add_argument("--num-images", type=int, default=400)
     parser.add_argument("--variants", nargs="+", help="subset of variants (default: all)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -35,7 +37,12 @@ def run(args: argparse.Namespace) -> int:
     from e2emfd.demo.experiment import results_markdown, run_modality_experiment
 
     results = run_modality_experiment(
-        args.out, args.seeds, args.steps, args.num_images, args.variants, list(args.overrides),
+        args.out,
+        args.seeds,
+        args.steps,
+        args.num_images,
+        args.variants,
+        list(args.overrides),
         not args.no_progress,
     )
     print(results_markdown(results))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -42,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # argparse stops filling a positional list (the key=value overrides) at the first
     # option, so `train cfg.yaml --resume a=1` would leave `a=1` over: take it back.
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+    if (
+        extra
+        and hasattr(args, "overrides")
+        and all("=" in e and not e.startswith("-") for e in extra)
+    ):
         args.overrides = list(args.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -55,8 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (CommandError, FileNotFoundError, ValueError) as exc:
-        # Library errors are written to be read: one line that names the file and the problem.
-        print(f"e2emfd {args.command}: error: {exc}", file=sys.stderr)
+        # Library errors are written to be read: one line that names the file and the
+        # problem. E2EMFD_DEBUG=1 shows the traceback instead.
+        if os.environ.get("E2EMFD_DEBUG"):
+            raise
+        message = " ".join(str(exc).split())
+        print(f"e2emfd {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -24,7 +24,8 @@ def pad_to_multiple(images: list[torch.Tensor], divisor: int = 32) -> torch.Tens
 def collate_pairs(samples: list[dict], size_divisor: int = 32) -> dict:
     """Batch sample dicts. Returns ``vis`` (B, 3, H, W), ``ir`` (B, 1, H, W), ``image_sizes``
     (B, 2) [h, w] of each image before padding, ``targets`` (per image ``boxes``,
-    ``labels``, ``difficult``, and ``seed`` when the sampler gave one), and per-image ``image_ids``, ``orig_sizes`` (B, 2),
+    ``labels``, ``difficult``, and ``seed`` when the sampler gave one), and per-image
+    ``image_ids``, ``orig_sizes`` (B, 2),
     ``scales`` (B, 2) [sx, sy], ``vis_paths``, ``ir_paths``."""
     if not samples:
         raise ValueError("cannot collate an empty batch")

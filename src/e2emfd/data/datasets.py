@@ -343,10 +343,16 @@ def _yolo_class_names(labels_dir: Path, labels_root: Path, fallback: list[str]) 
 
 def build_dataset(data_cfg, split: str, transform: Callable[[dict], dict] | None = None):
     """Build the dataset a config describes, for ``split`` (a name or a txt path)."""
+    vis_dir, ir_dir = data_cfg.vis_dir, data_cfg.ir_dir
+    if "{split}" in vis_dir or "{split}" in ir_dir:
+        # Datasets that keep each split in its own folders (LLVIP: visible/train,
+        # visible/test): the split names the folder, and no id list is read.
+        vis_dir, ir_dir = vis_dir.format(split=split), ir_dir.format(split=split)
+        split = ""
     common = dict(
         split=split,
-        vis_dir=data_cfg.vis_dir,
-        ir_dir=data_cfg.ir_dir,
+        vis_dir=vis_dir,
+        ir_dir=ir_dir,
         transform=transform,
         size_mismatch=data_cfg.size_mismatch,
     )

@@ -14,7 +14,7 @@ import torch
 
 from e2emfd.data import build_dataset, build_transforms
 from e2emfd.data.synth import generate_dataset
-from e2emfd.demo.pipeline import demo_config
+from e2emfd.demo.config import demo_config
 from e2emfd.engine.checkpoint import load_model_for_inference
 from e2emfd.engine.evaluate import evaluate
 from e2emfd.engine.trainer import train
@@ -50,13 +50,19 @@ def run_modality_experiment(
         for seed in seeds:
             run_dir = out / "runs" / f"{_slug(name)}_seed{seed}"
             cfg = demo_config(
-                data_root, run_dir, [*VARIANTS[name], f"seed={seed}", f"train.max_iters={steps}", *overrides]
+                data_root,
+                run_dir,
+                [*VARIANTS[name], f"seed={seed}", f"train.max_iters={steps}", *overrides],
             )
             started = time.monotonic()
             result = train(cfg, progress=progress)
             model, cfg = load_model_for_inference(result.checkpoint)
-            test_set = build_dataset(cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False))
-            det = evaluate(model, test_set, torch.device("cpu"), test_set.classes, conventions=())["detection"]
+            test_set = build_dataset(
+                cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False)
+            )
+            det = evaluate(model, test_set, torch.device("cpu"), test_set.classes, conventions=())[
+                "detection"
+            ]
             runs.append(
                 {
                     "seed": seed,
@@ -88,7 +94,10 @@ def run_modality_experiment(
 def results_markdown(results: dict) -> str:
     lines = ["| variant | AP50 (mean ± std) | AP50:95 (mean) | seeds |", "|---|---|---|---|"]
     for name, r in results["variants"].items():
-        lines.append(f"| {name} | {r['AP50_mean']:.3f} ± {r['AP50_std']:.3f} | {r['AP_mean']:.3f} | {len(r['seeds'])} |")
+        lines.append(
+            f"| {name} | {r['AP50_mean']:.3f} ± {r['AP50_std']:.3f} | {r['AP_mean']:.3f} "
+            f"| {len(r['seeds'])} |"
+        )
     return "\n".join(lines) + f"\n\n{results.get('note', '')}\n"
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import torch
 
-from e2emfd.config import Config, load_config
+from e2emfd.config import Config
 from e2emfd.data import build_dataset, build_transforms, collate_pairs
 from e2emfd.data.synth import generate_dataset
 from e2emfd.demo import report
+from e2emfd.demo.config import DEMO_OVERRIDES, demo_config  # noqa: F401 - re-exported
 from e2emfd.engine.checkpoint import load_model_for_inference
 from e2emfd.engine.evaluate import evaluate, fusion_scores, iterate_predictions
 from e2emfd.engine.trainer import train
@@ -20,46 +21,7 @@ from e2emfd.models import build_model
 from e2emfd.models.baselines import BASELINES, fuse_baseline
 from e2emfd.mtl import TaskBalancer
 
-# The CPU-sized E2E-MFD of the demo: ResNet-18 at a quarter width, ORPPT with thin pixel
-# branches, a 3-stage CFDP head with 100 proposals. Everything else is the paper's.
-DEMO_OVERRIDES = [
-    "name=demo",
-    "data.format=voc",
-    "data.train_split=train",
-    "data.test_split=test",
-    "data.hflip=0.5",
-    "model.backbone.depth=18",
-    "model.backbone.width=16",
-    "model.backbone.out_channels=64",
-    "model.backbone.frozen_bn=false",
-    "model.backbone.freeze_at=0",
-    "model.fusion.pixel_channels=4",
-    "model.fusion.hidden=16",
-    "model.detection.hidden=64",
-    "model.detection.num_stages=3",
-    "model.detection.num_proposals=100",
-    "model.detection.num_heads=4",
-    "model.detection.dim_dynamic=16",
-    "model.detection.dim_feedforward=256",
-    "train.task=joint",
-    "train.mtl=gmta",
-    "train.gmta_every=10",
-    "train.batch_size=4",
-    "train.lr=5e-4",
-    "train.warmup_iters=50",
-    "train.schedule=cosine",
-    "train.eval_every=-1",
-    "train.checkpoint_every=100",
-    "train.log_every=10",
-    "train.device=cpu",
-]
 CONVENTIONS = ("python", "matlab")
-
-
-def demo_config(data_root: Path, out_dir: Path, overrides: list[str] = ()) -> Config:
-    return load_config(
-        None, [*DEMO_OVERRIDES, f"data.root={data_root}", f"output_dir={out_dir}", *overrides]
-    )
 
 
 def seconds_per_step(cfg: Config, steps: int = 4) -> float:
@@ -71,7 +33,9 @@ def seconds_per_step(cfg: Config, steps: int = 4) -> float:
     balancer = TaskBalancer(cfg.train.mtl, model.shared_parameters(), cfg.train.gmta_every)
     times = []
     for step in range(steps + 1):
-        batch = collate_pairs([dataset[(i + step) % len(dataset)] for i in range(cfg.train.batch_size)])
+        batch = collate_pairs(
+            [dataset[(i + step) % len(dataset)] for i in range(cfg.train.batch_size)]
+        )
         start = time.perf_counter()
         optimizer.zero_grad()
         balancer.backward(model(batch)["losses"], step)
@@ -108,7 +72,9 @@ def baseline_fusion_scores(dataset, conventions=CONVENTIONS) -> dict[str, dict[s
         count += 1
         for method in BASELINES:
             fused = fuse_baseline(vis, ir, method)[0]
-            for conv, values in fusion_scores(fused, sample["ir"], sample["vis"], conventions).items():
+            for conv, values in fusion_scores(
+                fused, sample["ir"], sample["vis"], conventions
+            ).items():
                 table = sums.setdefault(conv, {}).setdefault(method, {})
                 for key, value in values.items():
                     table[key] = table.get(key, 0.0) + value
@@ -136,34 +102,44 @@ def run_demo(
         generate_dataset(data_root, num=num_images, seed=seed, overwrite=True, progress=progress)
     cfg = demo_config(data_root, out / "run", [f"seed={seed}", *overrides])
 
-    # Leave time for evaluation and the report (about 1.5 minutes on two CPU cores).
-    reserve_s = 100.0
+    # Leave time for evaluation (model and baselines, both metric conventions) and the
+    # report: about a second per test pair on two CPU cores.
+    num_test = len((data_root / "ImageSets" / "Main" / "test.txt").read_text().split())
+    reserve_s = 15.0 + 1.0 * num_test
     step_s = seconds_per_step(cfg)
     train_s = budget_minutes * 60 - (time.monotonic() - start) - reserve_s
     max_iters = max(20, int(train_s / step_s))
     cfg.train.max_iters = max_iters
     cfg.train.warmup_iters = min(cfg.train.warmup_iters, max_iters // 10)
     if progress:
-        print(f"demo: {step_s:.2f} s per step -> {max_iters} training steps in {train_s / 60:.1f} min")
+        print(
+            f"demo: {step_s:.2f} s per step -> {max_iters} training steps in {train_s / 60:.1f} min"
+        )
     result = train(cfg, progress=progress, time_budget_s=max(train_s, 30.0))
 
     model, cfg = load_model_for_inference(result.checkpoint)
     test_set = build_dataset(cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False))
-    scores = evaluate(model, test_set, torch.device("cpu"), test_set.classes, conventions=CONVENTIONS)
+    scores = evaluate(
+        model, test_set, torch.device("cpu"), test_set.classes, conventions=CONVENTIONS
+    )
     baselines = baseline_fusion_scores(test_set)
 
     report_dir = out / "report_files"
     test_ids = [r.image_id for r in test_set.records]
     chosen = pick_scenes(data_root, test_ids)
     index_of = {image_id: i for i, image_id in enumerate(test_ids)}
-    scenes = report.write_scene_grid(model, test_set, [index_of[i] for i in chosen], report_dir, test_set.classes)
+    scenes = report.write_scene_grid(
+        model, test_set, [index_of[i] for i in chosen], report_dir, test_set.classes
+    )
     curves = report.plot_training_curves(out / "run" / "train_log.jsonl", report_dir)
 
     summary = {
         "steps": result.step,
         "train_minutes": round((time.monotonic() - start) / 60, 2),
         "detection": scores.get("detection", {}),
-        "fusion": {conv: {"E2E-MFD": scores["fusion"][conv], **baselines[conv]} for conv in CONVENTIONS},
+        "fusion": {
+            conv: {"E2E-MFD": scores["fusion"][conv], **baselines[conv]} for conv in CONVENTIONS
+        },
     }
     experiment = _load_experiment(experiment_dir or out / "experiment_modality")
     write_demo_report(out, summary, scenes, curves, experiment, cfg)
@@ -198,17 +174,26 @@ def write_demo_report(out: Path, summary: dict, scenes, curves, experiment, cfg)
         ("Detection (COCO, pycocotools)", report.detection_table(det) if det else "<p>none</p>"),
     ]
     for conv in CONVENTIONS:
-        sections.append((f"Fusion metrics ({conv} convention)", report.fusion_table(summary["fusion"][conv])))
+        sections.append(
+            (f"Fusion metrics ({conv} convention)", report.fusion_table(summary["fusion"][conv]))
+        )
     sections.append(("Training", "".join(report.figure(p, out, c) for p, c in curves)))
     if experiment:
-        sections.append(("Does fusion help detection? (e2emfd experiment modality)", experiment_table(experiment)))
+        sections.append(
+            (
+                "Does fusion help detection? (e2emfd experiment modality)",
+                experiment_table(experiment),
+            )
+        )
     return report.write_html(out / "report.html", "E2E-MFD demo report", sections)
 
 
 def experiment_table(experiment: dict) -> str:
     rows = []
     for name, result in experiment["variants"].items():
-        rows.append([name, result["AP50_mean"], result["AP50_std"], result["AP_mean"], len(result["seeds"])])
+        rows.append(
+            [name, result["AP50_mean"], result["AP50_std"], result["AP_mean"], len(result["seeds"])]
+        )
     note = f"<p class='note'>{experiment.get('note', '')}</p>"
     return report._table(["variant", "AP50 mean", "AP50 std", "AP50:95 mean", "seeds"], rows) + note
 

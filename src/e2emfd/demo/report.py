@@ -74,7 +74,9 @@ def plot_training_curves(train_log: Path, out_dir: Path) -> list[tuple[Path, str
         axes[1].set_title("|g_det| / |g_fus|")
         axes[2].semilogy(steps, [r["mtl/cond_before"] for r in stats], ".", ms=3, label="before")
         if "mtl/cond_after" in stats[0]:
-            axes[2].semilogy(steps, [r["mtl/cond_after"] for r in stats], ".", ms=3, label="after GMTA")
+            axes[2].semilogy(
+                steps, [r["mtl/cond_after"] for r in stats], ".", ms=3, label="after GMTA"
+            )
         axes[2].set_title("condition number of [g_det; g_fus]")
         axes[2].legend()
         for ax in axes:
@@ -114,15 +116,20 @@ def scene_panels(
     if detections is not None:
         keep = detections["scores"] >= score_threshold
         fused = draw_boxes(
-            fused, detections["boxes"][keep].numpy(), detections["labels"][keep].numpy(),
-            class_names, detections["scores"][keep].numpy(),
+            fused,
+            detections["boxes"][keep].numpy(),
+            detections["labels"][keep].numpy(),
+            class_names,
+            detections["scores"][keep].numpy(),
         )
     panels.append(fused)
     panels.append(draw_boxes(vis, sample["boxes"].numpy(), sample["labels"].numpy(), class_names))
     return hstack_with_gap(panels)
 
 
-def write_scene_grid(model, dataset, indices: list[int], out_dir: Path, class_names: list[str]) -> list[Path]:
+def write_scene_grid(
+    model, dataset, indices: list[int], out_dir: Path, class_names: list[str]
+) -> list[Path]:
     """One PNG per scene (4 panels) for the dataset items ``indices``."""
     from e2emfd.data import collate_pairs
 
@@ -159,7 +166,10 @@ def detection_table(det: dict) -> str:
     rows = [[k, det[k]] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl") if k in det]
     per_class = _table(
         ["class", "AP50", "AP50:95"],
-        [[c, det["per_class_AP50"][c], det["per_class"].get(c, float("nan"))] for c in det["per_class_AP50"]],
+        [
+            [c, det["per_class_AP50"][c], det["per_class"].get(c, float("nan"))]
+            for c in det["per_class_AP50"]
+        ],
     )
     return _table(header, rows) + per_class
 
@@ -167,7 +177,9 @@ def detection_table(det: dict) -> str:
 def fusion_table(rows_by_method: dict[str, dict[str, float]]) -> str:
     methods = list(rows_by_method)
     metrics = list(next(iter(rows_by_method.values())))
-    return _table(["method", *metrics], [[m, *[rows_by_method[m][k] for k in metrics]] for m in methods])
+    return _table(
+        ["method", *metrics], [[m, *[rows_by_method[m][k] for k in metrics]] for m in methods]
+    )
 
 
 def write_html(path: Path, title: str, sections: list[tuple[str, str]]) -> Path:
@@ -182,5 +194,6 @@ def write_html(path: Path, title: str, sections: list[tuple[str, str]]) -> Path:
 
 
 def figure(path: Path, root: Path, caption: str) -> str:
-    rel = path.relative_to(root).as_posix()
-    return f"<figure><img src='{html.escape(rel)}' alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>"
+    rel = html.escape(path.relative_to(root).as_posix())
+    text = html.escape(caption)
+    return f"<figure><img src='{rel}' alt='{text}'><figcaption>{text}</figcaption></figure>"

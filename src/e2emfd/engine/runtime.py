@@ -27,7 +27,7 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2**32))
+    np.random.seed(seed % (2**32))  # noqa: NPY002 - seeds code that uses the global RNG
     torch.manual_seed(seed)
     if deterministic:
         # Deterministic kernels where PyTorch has them; warn (not fail) where it has none.

@@ -55,7 +55,8 @@ def training_tasks(cfg: Config, model_tasks: tuple[str, ...]) -> tuple[str, ...]
     missing = [t for t in wanted[cfg.train.task] if t not in model_tasks]
     if missing:
         raise ValueError(
-            f"train.task={cfg.train.task} needs the {missing[0]} head: set model.{missing[0]}.enabled=true"
+            f"train.task={cfg.train.task} needs the {missing[0]} head: "
+            f"set model.{missing[0]}.enabled=true"
         )
     return wanted[cfg.train.task]
 
@@ -107,6 +108,11 @@ def train(
             cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False)
         )
 
+    if cfg.model.detection.enabled and cfg.model.detection.num_classes != len(train_set.classes):
+        raise ValueError(
+            f"model.detection.num_classes is {cfg.model.detection.num_classes} but the data has "
+            f"{len(train_set.classes)} classes ({', '.join(train_set.classes)}); set them equal"
+        )
     model = build_model(cfg.model).to(device)
     if dist.enabled and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -310,7 +316,9 @@ def _report_bad_step(step: int, values: dict, bad: int, limit: int, log: JsonlLo
     shown = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
     # Steps are counted from 1 in the logs, like the completed steps.
     log.write({"step": step + 1, "skipped": True, "reason": shown})
-    warnings.warn(f"step {step + 1}: non-finite loss or gradient ({shown}); step skipped", stacklevel=2)
+    warnings.warn(
+        f"step {step + 1}: non-finite loss or gradient ({shown}); step skipped", stacklevel=2
+    )
     if bad >= limit:
         raise NonFiniteLossError(
             f"{bad} consecutive steps with a non-finite loss or gradient (last at step {step + 1}: "

@@ -84,7 +84,11 @@ class MultiLevelRoIAlign(nn.Module):
         for i, (feature, stride) in enumerate(zip(features, self.strides)):
             pooled = self._roi_align(feature, rois, stride)
             # boxes of level 0 keep the first map's values; later levels overwrite theirs
-            out = pooled if out is None else torch.where((levels == i)[:, None, None, None], pooled, out)
+            out = (
+                pooled
+                if out is None
+                else torch.where((levels == i)[:, None, None, None], pooled, out)
+            )
         assert out is not None
         return out
 

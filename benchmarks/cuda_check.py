@@ -1,0 +1,155 @@
+"""Checks of the CUDA path against the CPU, and of bf16 autocast against fp32.
+
+    python benchmarks/cuda_check.py [--weights demo_out/run/checkpoint_last.pt]
+
+1. CPU vs CUDA, fp32, same weights and batch: fused images (max abs difference, target
+   1e-3) and the detection head's refinement of the same proposals (logits and boxes).
+2. CUDA bf16 autocast vs fp32 on a fixed input: fused pixels (target 1e-2) and the
+   detections above score 0.5 (same count, labels, boxes within IoU 0.9). Needs trained
+   weights (--weights) for there to be confident detections; without them only the
+   pixels are compared.
+Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torchvision.ops import box_iou
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_name, print_table  # noqa: E402
+from e2emfd.config import config_from_dict, load_config  # noqa: E402
+from e2emfd.demo.config import DEMO_OVERRIDES  # noqa: E402
+from e2emfd.models import build_model  # noqa: E402
+from train_step import synthetic_batch  # noqa: E402
+
+
+def load(weights: str | None):
+    if not weights:
+        return build_model(load_config(None, DEMO_OVERRIDES).model)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    cfg = config_from_dict(state["config"])
+    model = build_model(cfg.model)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--weights", help="a trained checkpoint (e.g. the demo's)")
+    parser.add_argument("--size", default="320x256")
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("cuda_check.py needs a CUDA device")
+    width, height = (int(v) for v in args.size.split("x"))
+    cuda = torch.device("cuda")
+    model = load(args.weights).eval()
+    batch_cpu = synthetic_batch(args.batch, width, height, torch.device("cpu"))
+    rows = []
+
+    # 1. CPU vs CUDA in fp32
+    with torch.no_grad():
+        fused_cpu = model.fuse(batch_cpu["vis"], batch_cpu["ir"])
+        feats_cpu = model.backbone(batch_cpu["vis"], batch_cpu["ir"])
+        g = torch.Generator().manual_seed(0)
+        boxes = torch.rand(args.batch, 50, 4, generator=g) * torch.tensor([width, height] * 2) / 2
+        boxes[..., 2:] += boxes[..., :2] + 8
+        t = torch.full((args.batch,), 999)
+        names = model.detector.feature_names if model.detector is not None else ()
+        logits_cpu, boxes_cpu = model.detector.refine([feats_cpu[n] for n in names], boxes, t)
+    model_gpu = model.to(cuda)
+    batch = {k: v.to(cuda) if torch.is_tensor(v) else v for k, v in batch_cpu.items()}
+    with torch.no_grad():
+        fused_gpu = model_gpu.fuse(batch["vis"], batch["ir"])
+        feats_gpu = model_gpu.backbone(batch["vis"], batch["ir"])
+        logits_gpu, boxes_gpu = model_gpu.detector.refine(
+            [feats_gpu[n] for n in names], boxes.to(cuda), t.to(cuda)
+        )
+    fused_diff = (fused_cpu - fused_gpu.cpu()).abs().max().item()
+    logit_diff = (logits_cpu[-1] - logits_gpu[-1].cpu()).abs().max().item()
+    box_diff = (boxes_cpu[-1] - boxes_gpu[-1].cpu()).abs().max().item()
+    rows.append(
+        [
+            "CPU vs CUDA (fp32)",
+            "fused pixels, max |diff|",
+            f"{fused_diff:.2e}",
+            "<= 1e-3",
+            _ok(fused_diff <= 1e-3),
+        ]
+    )
+    rows.append(
+        [
+            "CPU vs CUDA (fp32)",
+            "detection logits, max |diff|",
+            f"{logit_diff:.2e}",
+            "<= 1e-3",
+            _ok(logit_diff <= 1e-3),
+        ]
+    )
+    rows.append(
+        [
+            "CPU vs CUDA (fp32)",
+            "refined boxes, max |diff| px",
+            f"{box_diff:.2e}",
+            "<= 1e-2",
+            _ok(box_diff <= 1e-2),
+        ]
+    )
+
+    # 2. bf16 autocast vs fp32 on CUDA, same noise
+    def run(bf16: bool):
+        torch.manual_seed(0)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            out = model_gpu(batch)
+        return out
+
+    ref, low = run(False), run(True)
+    pix = (ref["fused_rgb"].float() - low["fused_rgb"].float()).abs().max().item()
+    rows.append(
+        [
+            "bf16 vs fp32 (CUDA)",
+            "fused pixels, max |diff|",
+            f"{pix:.2e}",
+            "<= 1e-2",
+            _ok(pix <= 1e-2),
+        ]
+    )
+    if ref["detections"] is not None:
+        same, total = 0, 0
+        for a, b in zip(ref["detections"], low["detections"]):
+            ka, kb = a["scores"] > 0.5, b["scores"] > 0.5
+            total += int(ka.sum())
+            if ka.sum() == kb.sum() and ka.any():
+                iou = box_iou(a["boxes"][ka].float(), b["boxes"][kb].float())
+                best, idx = iou.max(1)
+                same += int(((best > 0.9) & (a["labels"][ka] == b["labels"][kb][idx])).sum())
+        ok = same == total
+        rows.append(
+            [
+                "bf16 vs fp32 (CUDA)",
+                "detections > 0.5 matched (IoU>0.9, label)",
+                f"{same}/{total}",
+                "all",
+                _ok(ok and total > 0) if args.weights else "n/a (untrained)",
+            ]
+        )
+    print(
+        f"# cuda check: {device_name(cuda)}, torch {torch.__version__}, "
+        f"batch {args.batch} at {width}x{height}, weights {args.weights or 'random'}"
+    )
+    print_table(["comparison", "quantity", "value", "target", "result"], rows)
+
+
+def _ok(flag: bool) -> str:
+    return "pass" if flag else "FAIL"
+
+
+if __name__ == "__main__":
+    main()

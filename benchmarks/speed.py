@@ -1,0 +1,155 @@
+"""End-to-end speed of E2E-MFD: inference and training throughput, peak memory, achieved
+TFLOP/s as a fraction of the device's measured matmul peak.
+
+    python benchmarks/speed.py                # CUDA if available, else CPU
+    python benchmarks/speed.py --device cpu
+
+On CUDA: the M3FD configuration (ResNet-50-FPN, CFDP with 500 proposals and 6 stages,
+1 DDIM step) at 1024x768, bf16 autocast, channels_last. On CPU: the demo's CPU-sized
+model at 320x256 (fp32), plus fusion-only inference at 640x512. FLOPs are counted with
+torch.utils.flop_counter (matmuls and convolutions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_name, median_seconds, mib, peak_memory, print_table  # noqa: E402
+from e2emfd.config import load_config  # noqa: E402
+from e2emfd.demo.config import DEMO_OVERRIDES  # noqa: E402
+from e2emfd.models import build_model  # noqa: E402
+from e2emfd.mtl import TaskBalancer  # noqa: E402
+from train_step import synthetic_batch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak_tflops(device: torch.device) -> float:
+    n = 8192 if device.type == "cuda" else 1024
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    seconds = median_seconds(lambda: a @ b, device, repeats=10, warmup=3)
+    return 2 * n**3 / seconds / 1e12
+
+
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the backbone and heads"
+    )
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda:
+        cfg = load_config(ROOT / "configs" / "m3fd.yaml", ["model.backbone.pretrained="])
+        width, height, batches = 1024, 768, (1, 8)
+    else:
+        cfg = load_config(None, DEMO_OVERRIDES)
+        width, height, batches = 320, 256, (1, 4)
+    model = build_model(cfg.model).to(device)
+    if args.compile:
+        model.backbone = torch.compile(model.backbone)
+        model.fusion = torch.compile(model.fusion)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if cuda
+        else torch.autocast("cpu", enabled=False)
+    )
+    peak = matmul_peak_tflops(device)
+    rows = []
+
+    def measure(name: str, batch_size: int, size: tuple[int, int], fn, train: bool = False) -> None:
+        model.train(train)
+        seconds = median_seconds(fn, device, repeats=args.repeats, warmup=3)
+        with peak_memory(device) as mem:
+            fn()
+        flops = count_flops(fn)
+        tflops = flops / seconds / 1e12
+        rows.append(
+            [
+                name,
+                str(batch_size),
+                f"{size[0]}x{size[1]}",
+                f"{seconds * 1000:.1f}",
+                f"{batch_size / seconds:.1f}",
+                mib(mem["bytes"]),
+                f"{tflops:.2f}",
+                f"{100 * tflops / peak:.0f}%",
+            ]
+        )
+
+    for b in batches:
+        batch = synthetic_batch(b, width, height, device)
+
+        def infer(batch=batch):
+            with torch.no_grad(), autocast:
+                out = model(batch)
+            return out["fused"], out["detections"]
+
+        measure("inference: fused image + detections", b, (width, height), infer)
+
+    batch = synthetic_batch(1, width, height, device)
+
+    def fuse_only():
+        with torch.no_grad(), autocast:
+            return model.fuse(batch["vis"], batch["ir"])
+
+    def detect_only():
+        with torch.no_grad(), autocast:
+            return model.detect(batch["vis"], batch["ir"])
+
+    measure("inference: fusion only", 1, (width, height), fuse_only)
+    measure("inference: detection only", 1, (width, height), detect_only)
+    if not cuda:
+        big = synthetic_batch(1, 640, 512, device)
+
+        def fuse_640():
+            with torch.no_grad():
+                return model.fuse(big["vis"], big["ir"])
+
+        measure("inference: fusion only", 1, (640, 512), fuse_640)
+
+    for method, name in (("sum", "training: joint step"), ("gmta", "training: GMTA step")):
+        balancer = TaskBalancer(method, model.shared_parameters(), every=1)
+
+        def train_step(balancer=balancer):
+            model.zero_grad(set_to_none=True)
+            with autocast:
+                losses = model(batch)["losses"]
+            balancer.backward({k: v.float() for k, v in losses.items()}, step=0)
+
+        measure(name, 1, (width, height), train_step, train=True)
+
+    dtype = "bf16 autocast" if cuda else "fp32"
+    print(
+        f"# speed: {device_name(device)}, {dtype}, matmul peak {peak:.1f} TFLOP/s, "
+        f"torch {torch.__version__}, "
+        f"backbone R{cfg.model.backbone.depth}/w{cfg.model.backbone.width}, "
+        f"{cfg.model.detection.num_proposals} proposals, {cfg.model.detection.num_stages} stages, "
+        f"{cfg.model.detection.sampling_steps} DDIM step"
+    )
+    print_table(
+        ["workload", "batch", "size", "ms/iter", "images/s", "peak memory", "TFLOP/s", "of peak"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()

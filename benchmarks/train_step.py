@@ -1,0 +1,110 @@
+"""Time and peak memory of a plain joint training step and of a GMTA step.
+
+    python benchmarks/train_step.py [--device cpu|cuda] [--size 320x256] [--batch 2]
+
+Targets (issue 6): a GMTA step at most 1.8x the time of a plain step, and at most the
+memory of a plain step plus three copies of the shared parameters. The model is the demo's
+CPU-sized E2E-MFD (or `--m3fd` for the ResNet-50 M3FD configuration on a GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import device_name, median_seconds, mib, peak_memory, print_table  # noqa: E402
+from e2emfd.config import load_config  # noqa: E402
+from e2emfd.demo.config import DEMO_OVERRIDES  # noqa: E402
+from e2emfd.models import build_model  # noqa: E402
+from e2emfd.mtl import TaskBalancer  # noqa: E402
+
+
+def synthetic_batch(batch: int, width: int, height: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(6, 2, generator=g) * torch.tensor([width * 0.7, height * 0.7])
+        wh = 16 + torch.rand(6, 2, generator=g) * torch.tensor([width * 0.25, height * 0.25])
+        boxes = torch.cat([xy, xy + wh], 1)
+        targets.append(
+            {"boxes": boxes.to(device), "labels": torch.randint(0, 6, (6,), generator=g).to(device)}
+        )
+    return {
+        "vis": torch.rand(batch, 3, height, width, generator=g).to(device),
+        "ir": torch.rand(batch, 1, height, width, generator=g).to(device),
+        "image_sizes": torch.tensor([[height, width]] * batch, device=device),
+        "targets": targets,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", default="320x256")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--m3fd", action="store_true", help="ResNet-50 M3FD configuration (GPU)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    width, height = (int(v) for v in args.size.split("x"))
+    if args.m3fd:
+        cfg = load_config(
+            Path(__file__).resolve().parents[1] / "configs" / "m3fd.yaml",
+            ["model.backbone.pretrained="],
+        )
+    else:
+        cfg = load_config(None, DEMO_OVERRIDES)
+    model = build_model(cfg.model).to(device).train()
+    batch = synthetic_batch(args.batch, width, height, device)
+    shared = model.shared_parameters()
+    shared_bytes = sum(p.numel() * p.element_size() for p in shared)
+    amp = device.type == "cuda"
+
+    def step(method: str):
+        balancer = TaskBalancer(method, shared, every=1)
+
+        def run():
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(0)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                losses = model(batch)["losses"]
+            balancer.backward({k: v.float() for k, v in losses.items()}, step=0)
+
+        return run
+
+    rows, results = [], {}
+    for method in ("sum", "gmta"):
+        fn = step(method)
+        seconds = median_seconds(fn, device, repeats=args.repeats)
+        model.zero_grad(set_to_none=True)
+        with peak_memory(device) as mem:
+            fn()
+        results[method] = (seconds, mem["bytes"])
+        name = "plain joint step (sum)" if method == "sum" else "GMTA step"
+        rows.append(
+            [name, f"{seconds * 1000:.1f}", f"{args.batch / seconds:.2f}", mib(mem["bytes"])]
+        )
+    (t_sum, m_sum), (t_gmta, m_gmta) = results["sum"], results["gmta"]
+    rows.append(
+        [
+            "GMTA / plain",
+            f"{t_gmta / t_sum:.2f}x (target <= 1.8x)",
+            "",
+            f"+{(m_gmta - m_sum) / shared_bytes:.2f} shared copies (target <= 3)",
+        ]
+    )
+    print(
+        f"# train step: {device_name(device)}, batch {args.batch}, {width}x{height}, "
+        f"shared parameters {mib(shared_bytes)}, torch {torch.__version__}"
+    )
+    print_table(["step", "ms", "images/s", "peak memory"], rows)
+
+
+if __name__ == "__main__":
+    main()

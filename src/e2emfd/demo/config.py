@@ -1,0 +1,48 @@
+"""The demo's model and training configuration (kept free of heavy imports so that
+benchmarks can build the same model on a bare GPU machine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from e2emfd.config import Config, load_config
+
+# The CPU-sized E2E-MFD of the demo: ResNet-18 at a quarter width, ORPPT with thin pixel
+# branches, a 3-stage CFDP head with 100 proposals. Everything else is the paper's.
+DEMO_OVERRIDES = [
+    "name=demo",
+    "data.format=voc",
+    "data.train_split=train",
+    "data.test_split=test",
+    "data.hflip=0.5",
+    "model.backbone.depth=18",
+    "model.backbone.width=16",
+    "model.backbone.out_channels=64",
+    "model.backbone.frozen_bn=false",
+    "model.backbone.freeze_at=0",
+    "model.fusion.pixel_channels=4",
+    "model.fusion.hidden=16",
+    "model.detection.hidden=64",
+    "model.detection.num_stages=3",
+    "model.detection.num_proposals=100",
+    "model.detection.num_heads=4",
+    "model.detection.dim_dynamic=16",
+    "model.detection.dim_feedforward=256",
+    "train.task=joint",
+    "train.mtl=gmta",
+    "train.gmta_every=10",
+    "train.batch_size=4",
+    "train.lr=5e-4",
+    "train.warmup_iters=50",
+    "train.schedule=cosine",
+    "train.eval_every=-1",
+    "train.checkpoint_every=100",
+    "train.log_every=10",
+    "train.device=cpu",
+]
+
+
+def demo_config(data_root: Path, out_dir: Path, overrides: list[str] = ()) -> Config:
+    return load_config(
+        None, [*DEMO_OVERRIDES, f"data.root={data_root}", f"output_dir={out_dir}", *overrides]
+    )

@@ -1,0 +1,50 @@
+"""The demo pipeline end to end with a tiny budget (so CI exercises it), and the modality
+experiment on a handful of steps."""
+
+import json
+import re
+
+import cv2
+import pytest
+
+from e2emfd.demo.experiment import VARIANTS, run_modality_experiment
+from e2emfd.demo.pipeline import run_demo
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_with_a_tiny_budget(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(out, budget_minutes=1.2, num_images=30, progress=False)
+    assert summary["steps"] >= 5
+    assert 0.0 <= summary["detection"]["AP50"] <= 1.0
+    for conv in ("python", "matlab"):
+        assert set(summary["fusion"][conv]) == {"E2E-MFD", "average", "max", "laplacian"}
+        assert summary["fusion"][conv]["E2E-MFD"]["EN"] > 0
+    page = (out / "report.html").read_text()
+    sources = re.findall(r"<img src='([^']+)'", page)
+    assert len(sources) >= 6  # scenes + loss curves + GMTA statistics
+    assert any(src.endswith("gmta.png") for src in sources)
+    for src in sources:
+        assert not src.startswith(("http:", "https:", "/")), src  # offline, relative
+        image = cv2.imread(str(out / src))
+        assert image is not None and image.size > 0, src
+    assert "Fusion metrics (matlab convention)" in page
+    assert json.loads((out / "summary.json").read_text())["steps"] == summary["steps"]
+    log = [json.loads(line) for line in (out / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert any("mtl/cond_after" in r for r in log)
+
+
+@pytest.mark.slow
+def test_modality_experiment_writes_a_table(tmp_path):
+    names = ["visible only", "E2E-MFD (fused, GMTA)"]
+    results = run_modality_experiment(
+        tmp_path, seeds=[0], steps=3, num_images=12, variants=names, progress=False
+    )
+    assert list(results["variants"]) == names
+    for name in names:
+        row = results["variants"][name]
+        assert 0 <= row["AP50_mean"] <= 1 and row["AP50_std"] == 0.0 and len(row["seeds"]) == 1
+    assert (tmp_path / "results.md").read_text().count("|") > 10
+    with pytest.raises(ValueError, match="unknown variant"):
+        run_modality_experiment(tmp_path, seeds=[0], steps=1, variants=["thermal"], progress=False)
+    assert set(VARIANTS) >= set(names)
