@@ -1,0 +1,61 @@
+"""Evaluation maps predictions back to the files' pixels and scores them with pycocotools."""
+
+import torch
+from torch import nn
+
+from e2emfd.config import DataConfig
+from e2emfd.data import build_dataset, build_transforms
+from e2emfd.engine.evaluate import evaluate, predictions_to_original
+
+
+class EchoModel(nn.Module):
+    """Predicts, for every image, boxes given at construction (in the files' pixels),
+    converted to the network's input frame by the batch's scale, plus a shifted copy."""
+
+    def __init__(self, boxes_by_id: dict) -> None:
+        super().__init__()
+        self.boxes_by_id = boxes_by_id
+
+    def forward(self, batch):
+        dets = []
+        for image_id, scale in zip(batch["image_ids"], batch["scales"]):
+            boxes, labels = self.boxes_by_id[image_id]
+            factor = scale.repeat(2)
+            shifted = boxes + torch.tensor([40.0, 0.0, 40.0, 0.0])
+            dets.append(
+                {
+                    "boxes": torch.cat([boxes, shifted]) * factor,
+                    "scores": torch.cat(
+                        [torch.full((len(boxes),), 0.9), torch.full((len(boxes),), 0.1)]
+                    ),
+                    "labels": torch.cat([labels, labels]),
+                }
+            )
+        return {"fused": None, "fused_rgb": None, "detections": dets}
+
+
+def test_predictions_are_scored_in_file_pixels_after_resizing(synth_small):
+    cfg = DataConfig(root=str(synth_small), short_side=160)  # 128x96 files -> 213x160 inputs
+    dataset = build_dataset(cfg, "test", build_transforms(cfg, train=False))
+    assert dataset[0]["vis"].shape[-2:] == (160, 213)
+    truth = {}
+    for record in dataset.records:
+        ann = record.annotation
+        truth[record.image_id] = (torch.from_numpy(ann.boxes), torch.from_numpy(ann.labels))
+    result = evaluate(
+        EchoModel(truth), dataset, torch.device("cpu"), dataset.classes, conventions=()
+    )
+    assert result["num_images"] == 4
+    assert result["detection"]["AP50"] == 1.0 and result["detection"]["AP"] == 1.0
+
+
+def test_predictions_to_original():
+    det = [
+        {
+            "boxes": torch.tensor([[10.0, 20.0, 30.0, 40.0]]),
+            "scores": torch.ones(1),
+            "labels": torch.zeros(1),
+        }
+    ]
+    out = predictions_to_original(det, torch.tensor([[2.0, 4.0]]))
+    assert out[0]["boxes"].tolist() == [[5.0, 5.0, 15.0, 10.0]]
