@@ -88,6 +88,18 @@ def test_combined_gradient_equals_torchjd_aligned_mtl(t: int, seed: int) -> None
     torch.testing.assert_close(ours, svd_aligned(g).sum(0), rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("mode", ["min", "median", "rmse"])
+def test_scale_modes_equal_torchjd(mode: str) -> None:
+    g = random_g(7, 3, 40)
+    ours = gmta_weights(g @ g.T, mode) @ g
+    ref = agg.AlignedMTL(pref_vector=torch.ones(3, dtype=F64), scale_mode=mode)(g)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    # only the length changes: rmse >= median >= min, same direction
+    base = gmta_weights(g @ g.T) @ g
+    cos = (ours @ base) / (ours.norm() * base.norm())
+    assert cos.item() == pytest.approx(1.0, abs=1e-12)
+
+
 def test_zero_task_gradient_gives_the_other_task() -> None:
     g = random_g(4, 2, 20)
     g[1] = 0.0

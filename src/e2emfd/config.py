@@ -122,6 +122,7 @@ class TrainConfig:
     task: str = "joint"  # joint | fusion | detection
     mtl: str = "gmta"  # sum | gmta | pcgrad | cagrad | nashmtl | imtl | mgda | upgrad
     gmta_every: int = 1000  # run the multi-task balancing every n iterations
+    gmta_scale: str = "min"  # length of the aligned gradient: min (paper) | median | rmse
     max_iters: int = 15000
     batch_size: int = 1
     lr: float = 2.5e-5

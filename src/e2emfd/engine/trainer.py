@@ -151,7 +151,13 @@ def train(
         )
     reduce_fn = allreduce_mean() if dist.enabled else None
     mtl = cfg.train.mtl if len(tasks) > 1 else "sum"
-    balancer = TaskBalancer(mtl, model.shared_parameters(), cfg.train.gmta_every, reduce_fn)
+    balancer = TaskBalancer(
+        mtl,
+        model.shared_parameters(),
+        cfg.train.gmta_every,
+        reduce_fn,
+        {"scale_mode": cfg.train.gmta_scale} if mtl == "gmta" else None,
+    )
     head_params = [p for t in tasks for p in model.task_parameters()[t]]
 
     sampler = TrainSampler(

@@ -184,7 +184,7 @@ class TaskBalancer:
     def _weights(self, gram: Tensor, n_tasks: int) -> Tensor:
         """``[T]`` float64 CPU weights of the task gradients from the CPU Gram matrix."""
         if self.method == "gmta":
-            return gmta_weights(gram)
+            return gmta_weights(gram, self.method_kwargs.get("scale_mode", "min"))
         if self._weighting is None or self._n_tasks != n_tasks:
             self._weighting = _torchjd_weighting(self.method, n_tasks, self.method_kwargs)
             self._n_tasks = n_tasks

@@ -51,11 +51,20 @@ def _eigh64(gram: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return lam, vec, keep
 
 
-def gmta_transform(gram: Tensor) -> Tensor:
+SCALE_MODES = ("min", "median", "rmse")
+
+
+def gmta_transform(gram: Tensor, scale_mode: str = "min") -> Tensor:
     """The GMTA balance matrix ``W`` such that ``W G`` is the aligned gradient matrix.
 
     Args:
         gram: ``[T, T]`` Gram matrix ``G G^T`` of the task gradients (any float dtype/device).
+        scale_mode: the common norm of the aligned rows: ``min`` = ``sqrt(l_min)`` (the
+            paper's and the spec's), ``median`` = sqrt of the median kept eigenvalue (the
+            lower middle one, as ``torch.median``; equal to ``min`` for two tasks), ``rmse``
+            = sqrt of the mean kept eigenvalue (the original Aligned-MTL code's). The
+            direction of the update is the same in every mode; only its length differs,
+            which matters when aligned steps are mixed with plain ones under Adam.
 
     Returns:
         ``[T, T]`` float64 symmetric ``W = sqrt(l_min) V diag(l^-1/2) V^T`` over the kept
@@ -65,11 +74,18 @@ def gmta_transform(gram: Tensor) -> Tensor:
     if not bool(keep.any()):
         return torch.eye(gram.shape[0], dtype=torch.float64, device=gram.device)
     lam_k, vec_k = lam[keep], vec[:, keep]
-    scale = lam_k[-1].sqrt()  # sqrt of the smallest kept eigenvalue (descending order)
-    return scale * (vec_k * lam_k.rsqrt()) @ vec_k.T
+    if scale_mode == "min":
+        scale = lam_k[-1]  # the smallest kept eigenvalue (descending order)
+    elif scale_mode == "median":
+        scale = lam_k.median()
+    elif scale_mode == "rmse":
+        scale = lam_k.mean()
+    else:
+        raise ValueError(f"scale_mode must be one of {SCALE_MODES}, got {scale_mode!r}")
+    return scale.sqrt() * (vec_k * lam_k.rsqrt()) @ vec_k.T
 
 
-def gmta_weights(gram: Tensor) -> Tensor:
+def gmta_weights(gram: Tensor, scale_mode: str = "min") -> Tensor:
     """Per-task weights ``w`` with ``w^T G = 1^T W G`` (the sum of the aligned rows).
 
     Args:
@@ -79,7 +95,7 @@ def gmta_weights(gram: Tensor) -> Tensor:
         ``[T]`` float64 weights, on ``gram``'s device. A task whose gradient is zero (or lies
         in the dropped null space) gets weight 0 when another task has a non-zero gradient.
     """
-    return gmta_transform(gram).sum(dim=1)
+    return gmta_transform(gram, scale_mode).sum(dim=1)
 
 
 def condition_number(gram: Tensor) -> Tensor:
