@@ -81,3 +81,22 @@ def test_collate_pads_to_multiple_of_32(sizes):
             batch["vis"][i, :, h:, :].abs().sum() == 0 and batch["ir"][i, :, :, w:].abs().sum() == 0
         )
     assert len(batch["targets"]) == len(sizes)
+
+
+def test_rotated_boxes_follow_resize_and_flip():
+    import math
+
+    from e2emfd.ops.rotated import obb_to_poly
+
+    sample = _sample()
+    sample["boxes"] = torch.tensor([[20.0, 15.0, 16.0, 6.0, math.pi / 6]])
+    resized = Resize(short_side=80)(sample)
+    torch.testing.assert_close(
+        obb_to_poly(resized["boxes"]), obb_to_poly(sample["boxes"]) * 2, atol=1e-4, rtol=0
+    )
+    flipped = RandomHorizontalFlip(p=1.0)(sample)
+    corners = obb_to_poly(sample["boxes"]).view(4, 2)
+    mirrored = torch.stack([60 - corners[:, 0], corners[:, 1]], 1)
+    got = obb_to_poly(flipped["boxes"]).view(4, 2)
+    # the same rectangle: every mirrored corner is one of the flipped box's corners
+    assert torch.cdist(mirrored, got).min(1).values.max() < 1e-4

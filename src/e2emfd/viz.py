@@ -39,13 +39,24 @@ def draw_boxes(
     scores: np.ndarray | None = None,
     thickness: int = 1,
 ) -> np.ndarray:
-    """Draw xyxy boxes with ``class score`` captions on a copy of an RGB image."""
+    """Draw boxes (xyxy, or rotated (cx, cy, w, h, angle) as polygons) with ``class score``
+    captions on a copy of an RGB image."""
     out = to_uint8_rgb(image).copy()
     scale = max(0.3, min(out.shape[:2]) / 700)
     for i, (box, label) in enumerate(zip(np.asarray(boxes), np.asarray(labels))):
         color = PALETTE[int(label) % len(PALETTE)]
-        x1, y1, x2, y2 = (int(round(float(v))) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness)
+        if len(box) == 5:  # rotated (cx, cy, w, h, angle): draw the polygon
+            import torch
+
+            from e2emfd.ops.rotated import obb_to_poly
+
+            poly = obb_to_poly(torch.as_tensor(np.asarray(box, np.float64))[None])[0].view(4, 2)
+            points = np.rint(poly.numpy()).astype(np.int32)
+            cv2.polylines(out, [points], True, color, thickness)
+            x1, y1 = int(points[:, 0].min()), int(points[:, 1].min())
+        else:
+            x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+            cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness)
         name = class_names[int(label)] if int(label) < len(class_names) else str(int(label))
         text = name if scores is None else f"{name} {float(scores[i]):.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)

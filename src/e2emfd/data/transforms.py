@@ -24,6 +24,26 @@ def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out[0].clamp_(0.0, 1.0)
 
 
+def scale_boxes(boxes: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+    """Boxes of an image resized by (sx, sy): (N, 4) xyxy or (N, 5) rotated (le90)."""
+    if boxes.shape[-1] == 5:
+        from e2emfd.ops.rotated import scale_obb
+
+        return scale_obb(boxes, sx, sy)
+    return boxes * boxes.new_tensor([sx, sy, sx, sy])
+
+
+def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
+    """Boxes of an image mirrored left-right: (N, 4) xyxy or (N, 5) rotated (le90)."""
+    if boxes.shape[-1] == 5:
+        from e2emfd.ops.rotated import hflip_obb
+
+        return hflip_obb(boxes, width)
+    flipped = boxes.clone()
+    flipped[:, 0], flipped[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
+    return flipped
+
+
 class Resize:
     """Resize keeping the aspect ratio so the short side is ``short_side`` (0 = keep) and
     the long side at most ``max_size`` (0 = no cap); ``jitter=(lo, hi)`` multiplies the
@@ -53,7 +73,7 @@ class Resize:
         out = dict(sample)
         out["vis"] = _resize_image(sample["vis"], (new_h, new_w))
         out["ir"] = _resize_image(sample["ir"], (new_h, new_w))
-        out["boxes"] = sample["boxes"] * sample["boxes"].new_tensor([sx, sy, sx, sy])
+        out["boxes"] = scale_boxes(sample["boxes"], sx, sy)
         out["scale"] = sample["scale"] * torch.tensor([sx, sy])
         return out
 
@@ -69,9 +89,7 @@ class RandomHorizontalFlip:
         out = dict(sample)
         out["vis"] = sample["vis"].flip(-1)
         out["ir"] = sample["ir"].flip(-1)
-        boxes = sample["boxes"].clone()
-        boxes[:, 0], boxes[:, 2] = width - sample["boxes"][:, 2], width - sample["boxes"][:, 0]
-        out["boxes"] = boxes
+        out["boxes"] = flip_boxes(sample["boxes"], width)
         return out
 
 

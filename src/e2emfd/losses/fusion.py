@@ -74,12 +74,19 @@ def valid_mask(image_sizes: Tensor, height: int, width: int) -> Tensor:
 
 
 def box_mask(boxes: list[Tensor], height: int, width: int, device=None) -> Tensor:
-    """(B, 1, H, W) mask, 1 inside any of each image's boxes (xyxy pixels), per image.
+    """(B, 1, H, W) mask, 1 inside any of each image's boxes (xyxy pixels, or rotated
+    (cx, cy, w, h, angle) boxes), per image.
 
     A pixel (row i, col j) with centre (j + 0.5, i + 0.5) is inside a box when the centre is.
     """
     out = torch.zeros(len(boxes), 1, height, width, device=device)
     if not boxes or all(len(b) == 0 for b in boxes):
+        return out
+    if boxes[0].shape[-1] == 5:  # rotated boxes (cx, cy, w, h, angle)
+        from e2emfd.ops.rotated import rotated_box_mask
+
+        for i, b in enumerate(boxes):
+            out[i, 0] = rotated_box_mask(b.to(device), height, width).float()
         return out
     ys = torch.arange(height, device=device, dtype=torch.float32) + 0.5
     xs = torch.arange(width, device=device, dtype=torch.float32) + 0.5
