@@ -36,18 +36,25 @@ def run_modality_experiment(
     overrides: list[str] = (),
     progress: bool = True,
 ) -> dict:
-    out = Path(out)
-    data_root = out / "data"
-    if not (data_root / "meta.json").is_file():
-        generate_dataset(data_root, num=num_images, seed=0, overwrite=True, progress=progress)
     names = variants or list(VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    results: dict = {"steps": steps, "seeds": list(seeds), "variants": {}}
+    out = Path(out)
+    data_root = out / "data"
+    if not (data_root / "meta.json").is_file():
+        generate_dataset(data_root, num=num_images, seed=0, overwrite=True, progress=progress)
+    results_path = out / "results.json"
+    results: dict = {"steps": steps, "variants": {}}
+    if results_path.is_file():  # resume: keep the runs already done with the same settings
+        previous = json.loads(results_path.read_text())
+        if previous.get("steps") == steps:
+            results = previous
     for name in names:
-        runs = []
+        done = {r["seed"]: r for r in results["variants"].get(name, {}).get("seeds", [])}
         for seed in seeds:
+            if seed in done:
+                continue
             run_dir = out / "runs" / f"{_slug(name)}_seed{seed}"
             cfg = demo_config(
                 data_root,
@@ -60,35 +67,48 @@ def run_modality_experiment(
             test_set = build_dataset(
                 cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False)
             )
-            det = evaluate(model, test_set, torch.device("cpu"), test_set.classes, conventions=())[
-                "detection"
-            ]
-            runs.append(
-                {
-                    "seed": seed,
-                    "AP50": det["AP50"],
-                    "AP": det["AP"],
-                    "per_class_AP50": det["per_class_AP50"],
-                    "minutes": round((time.monotonic() - started) / 60, 2),
-                }
-            )
+            det = evaluate(model, test_set, torch.device("cpu"), test_set.classes, conventions=())
+            det = det["detection"]
+            done[seed] = {
+                "seed": seed,
+                "AP50": det["AP50"],
+                "AP": det["AP"],
+                "per_class_AP50": det["per_class_AP50"],
+                "minutes": round((time.monotonic() - started) / 60, 2),
+            }
             if progress:
                 print(f"{name} seed {seed}: AP50 {det['AP50']:.3f}  AP {det['AP']:.3f}")
-        ap50 = [r["AP50"] for r in runs]
-        results["variants"][name] = {
-            "seeds": runs,
-            "AP50_mean": statistics.fmean(ap50),
-            "AP50_std": statistics.pstdev(ap50) if len(ap50) > 1 else 0.0,
-            "AP_mean": statistics.fmean(r["AP"] for r in runs),
-        }
+            _save(results_path, results, name, list(done.values()))
+    results = json.loads(results_path.read_text()) if results_path.is_file() else results
+    seeds_used = sorted({r["seed"] for v in results["variants"].values() for r in v["seeds"]})
     results["note"] = (
-        f"{len(seeds)} seed(s) x {steps} steps of batch 4 per variant on the same synthetic "
-        "split; spread = population standard deviation over seeds."
+        f"{len(seeds_used)} seed(s) x {steps} steps of batch 4 per variant on the same "
+        "synthetic split; spread = population standard deviation over seeds."
     )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    results_path.write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(results_markdown(results))
     return results
+
+
+def _save(path: Path, results: dict, name: str, runs: list[dict]) -> None:
+    """Record a variant's runs, merging with what another process may have written."""
+    if path.is_file():
+        on_disk = json.loads(path.read_text())
+        if on_disk.get("steps") == results["steps"]:
+            results["variants"] = {**on_disk["variants"], **results["variants"]}
+    runs = sorted(runs, key=lambda r: r["seed"])
+    ap50 = [r["AP50"] for r in runs]
+    results["variants"][name] = {
+        "seeds": runs,
+        "AP50_mean": statistics.fmean(ap50),
+        "AP50_std": statistics.pstdev(ap50) if len(ap50) > 1 else 0.0,
+        "AP_mean": statistics.fmean(r["AP"] for r in runs),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(path)
 
 
 def results_markdown(results: dict) -> str:
