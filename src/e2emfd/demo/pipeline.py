@@ -15,7 +15,7 @@ from e2emfd.data.synth import generate_dataset
 from e2emfd.demo import report
 from e2emfd.demo.config import DEMO_OVERRIDES, demo_config  # noqa: F401 - re-exported
 from e2emfd.engine.checkpoint import load_model_for_inference
-from e2emfd.engine.evaluate import evaluate, fusion_scores, iterate_predictions
+from e2emfd.engine.evaluate import evaluate, fusion_scores
 from e2emfd.engine.trainer import train
 from e2emfd.models import build_model
 from e2emfd.models.baselines import BASELINES, fuse_baseline
@@ -46,20 +46,16 @@ def seconds_per_step(cfg: Config, steps: int = 4) -> float:
     return plain * (1 + 0.6 / max(1, cfg.train.gmta_every))
 
 
-def pick_scenes(data_root: Path, test_ids: list[str], per_condition: int = 2) -> list[str]:
-    """Test scenes for the report: a few of each condition (night and fog included)."""
-    meta_path = data_root / "meta.json"
-    if not meta_path.is_file():
-        return test_ids[: 4 * per_condition]
-    meta = json.loads(meta_path.read_text())
-    images = meta.get("images", meta)
-    condition = {}
-    for entry in images if isinstance(images, list) else images.values():
-        condition[str(entry.get("id", entry.get("image_id")))] = entry.get("condition")
-    chosen = []
+def pick_scenes(data_root: Path, test_ids: list[str], per_condition: int = 2) -> dict[str, str]:
+    """Test scenes for the report, id -> condition: a few of each condition (night and
+    fog included)."""
+    meta = json.loads((data_root / "meta.json").read_text())
+    condition = {entry["id"]: entry["condition"] for entry in meta["images"]}
+    chosen: dict[str, str] = {}
     for cond in ("night", "fog", "day", "glare"):
-        chosen += [i for i in test_ids if condition.get(i) == cond][:per_condition]
-    return chosen or test_ids[: 4 * per_condition]
+        for image_id in [i for i in test_ids if condition.get(i) == cond][:per_condition]:
+            chosen[image_id] = cond
+    return chosen
 
 
 def baseline_fusion_scores(dataset, conventions=CONVENTIONS) -> dict[str, dict[str, dict]]:
@@ -142,7 +138,7 @@ def run_demo(
         },
     }
     experiment = _load_experiment(experiment_dir or out / "experiment_modality")
-    write_demo_report(out, summary, scenes, curves, experiment, cfg)
+    write_demo_report(out, summary, chosen, scenes, curves, experiment)
     summary["total_minutes"] = round((time.monotonic() - start) / 60, 2)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -153,7 +149,9 @@ def _load_experiment(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_demo_report(out: Path, summary: dict, scenes, curves, experiment, cfg) -> Path:
+def write_demo_report(
+    out: Path, summary: dict, scenes_chosen: dict, scenes, curves, experiment
+) -> Path:
     det = summary["detection"]
     sections = [
         (
@@ -169,7 +167,10 @@ def write_demo_report(out: Path, summary: dict, scenes, curves, experiment, cfg)
             "Test scenes",
             "<p class='note'>Each row: visible | infrared | fused image with detections "
             "(score &ge; 0.3) | ground truth.</p>"
-            + "".join(report.figure(p, out, p.stem.replace("scene_", "scene ")) for p in scenes),
+            + "".join(
+                report.figure(path, out, f"test scene {image_id} ({condition})")
+                for (image_id, condition), path in zip(scenes_chosen.items(), scenes)
+            ),
         ),
         ("Detection (COCO, pycocotools)", report.detection_table(det) if det else "<p>none</p>"),
     ]
@@ -196,7 +197,3 @@ def experiment_table(experiment: dict) -> str:
         )
     note = f"<p class='note'>{experiment.get('note', '')}</p>"
     return report._table(["variant", "AP50 mean", "AP50 std", "AP50:95 mean", "seeds"], rows) + note
-
-
-def iterate_demo_predictions(*args, **kwargs):  # re-exported for notebooks
-    return iterate_predictions(*args, **kwargs)
