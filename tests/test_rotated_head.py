@@ -22,6 +22,8 @@ from e2emfd.models.detection.rotated_boxes import (
 )
 from e2emfd.models.detection.rotated_loss import (
     RotatedDynamicKMatcher,
+    angle_cost,
+    box_l1,
     gaussian_kld,
     kld_loss,
     rotated_centre_prior,
@@ -303,7 +305,7 @@ def test_training_losses_are_finite_and_reach_every_stage(targets):
     feats = _features(b, 96, 128)
     sizes = torch.tensor([[96, 128], [90, 120], [96, 100]][:b])
     losses = head(feats, sizes, targets)
-    assert set(losses) == {"loss_cls", "loss_l1", "loss_kld"}
+    assert set(losses) == {"loss_cls", "loss_l1", "loss_giou"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     has_objects = any(len(t["labels"]) for t in targets)
@@ -312,6 +314,17 @@ def test_training_losses_are_finite_and_reach_every_stage(targets):
         reg = stage.box_deltas.weight.grad.abs().sum()
         assert (reg > 0) if has_objects else (reg == 0)
     assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+
+
+def test_kld_shape_loss_option():
+    head = RotatedCFDPHead(_cfg(), in_channels=HIDDEN, shape_loss="kld").train()
+    losses = head(
+        _features(1, 64, 64), torch.tensor([[64, 64]]), [_target([[30, 30, 20, 8, 0.3]], [0])]
+    )
+    assert set(losses) == {"loss_cls", "loss_l1", "loss_kld"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ValueError, match="shape_loss"):
+        RotatedCFDPHead(_cfg(), in_channels=HIDDEN, shape_loss="iou")
 
 
 def test_seeded_targets_are_noised_the_same_way_in_any_batch():
@@ -366,4 +379,22 @@ def test_tiny_overfit_on_one_batch_lowers_the_loss():
         opt.step()
     first, last = history[0], history[-1]
     assert sum(last.values()) < 0.5 * sum(first.values())
-    assert last["loss_kld"] < first["loss_kld"] and last["loss_l1"] < first["loss_l1"]
+    assert last["loss_giou"] < first["loss_giou"] and last["loss_l1"] < first["loss_l1"]
+
+
+def test_angle_cost_wraps_with_period_pi_and_ignores_squares():
+    target = torch.tensor(
+        [[0.0, 0, 20, 5, 1.5], [0.0, 0, 20, 5, math.pi / 2 - 0.1], [0.0, 0, 6, 6, 0.3]]
+    )
+    pred = torch.tensor([-1.5, 0.1, 1.2])
+    got = angle_cost(pred, target)
+    elongation = 1 - 5 / 20
+    expected = torch.tensor(
+        [(math.pi - 3.0) / math.pi * elongation, (math.pi / 2 - 0.2) / math.pi * elongation, 0.0]
+    )
+    torch.testing.assert_close(got, expected)
+    # box L1 = normalised centre/size L1 + the angle cost
+    scale = torch.tensor([100.0, 50.0, 10.0, 10.0])
+    p = torch.tensor([[10.0, 5.0, 22.0, 4.0, -1.5]])
+    t = torch.tensor([[11.0, 5.0, 20.0, 5.0, 1.5]])
+    torch.testing.assert_close(box_l1(p, t, scale), torch.tensor([0.01 + 0.2 + 0.1]) + got[:1])

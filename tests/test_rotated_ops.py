@@ -21,6 +21,7 @@ from e2emfd.ops.rotated import (
     obb_to_hbb,
     obb_to_poly,
     paired_rotated_box_iou,
+    paired_rotated_giou,
     poly_to_obb,
     rotated_batched_nms,
     rotated_box_iou,
@@ -257,6 +258,31 @@ def test_rotated_iou_empty_inputs_and_bad_shapes():
         rotated_box_iou(torch.zeros(2, 4), torch.zeros(2, 5))
     with pytest.raises(ValueError, match="as many boxes"):
         paired_rotated_box_iou(torch.zeros(2, 5), torch.zeros(3, 5))
+
+
+def test_paired_giou_matches_shapely():
+    gen = torch.Generator().manual_seed(4)
+    a, b = _random_boxes(40, gen), _random_boxes(40, gen)
+    b[:5] = a[:5]  # identical pairs: GIoU 1
+    b[5, :2] = a[5, :2] + 200  # far apart: GIoU near -1
+    got = paired_rotated_giou(a, b)
+    for x, y, g in zip(a, b, got.tolist()):
+        pa, pb = _shapely_rect(x), _shapely_rect(y)
+        union = pa.union(pb).area
+        hull = MultiPoint(list(pa.exterior.coords) + list(pb.exterior.coords))
+        enclosing = hull.minimum_rotated_rectangle.area
+        ref = pa.intersection(pb).area / union - (enclosing - union) / enclosing
+        assert g == pytest.approx(ref, abs=1e-6)
+    assert torch.allclose(got[:5], torch.ones(5, dtype=torch.float64))
+    assert got[5] < -0.9
+    assert paired_rotated_giou(a[:1].float(), b[:1].float()).dtype == torch.float32
+
+
+def test_paired_giou_gradient_matches_finite_differences():
+    a = torch.tensor([[10.0, 10.0, 8.0, 4.0, 0.3]], dtype=torch.float64, requires_grad=True)
+    for b in ([[11.0, 9.5, 6.0, 5.0, -0.2]], [[30.0, 12.0, 6.0, 5.0, -0.2]]):  # overlapping, apart
+        b = torch.tensor(b, dtype=torch.float64)
+        torch.autograd.gradcheck(lambda x, b=b: paired_rotated_giou(x, b), (a,))
 
 
 def test_paired_iou_gradient_matches_finite_differences():

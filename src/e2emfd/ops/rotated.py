@@ -45,6 +45,7 @@ __all__ = [
     "obb_to_hbb",
     "obb_to_poly",
     "paired_rotated_box_iou",
+    "paired_rotated_giou",
     "poly_to_obb",
     "polygon_area",
     "rotated_batched_nms",
@@ -297,6 +298,26 @@ def paired_rotated_box_iou(a: Tensor, b: Tensor) -> Tensor:
     union = a64[:, 2] * a64[:, 3] + b64[:, 2] * b64[:, 3] - inter
     iou = torch.where(union > 0, inter / union.clamp(min=1e-300), torch.zeros_like(union))
     return iou.clamp(0, 1).to(dtype)
+
+
+def paired_rotated_giou(a: Tensor, b: Tensor) -> Tensor:
+    """Generalised IoU of paired rotated boxes (N, 5), (N, 5) -> (N,), differentiable.
+
+    ``IoU - (area(C) - union) / area(C)`` as for axis-aligned boxes, with ``C`` the
+    minimum-area rectangle around both boxes' corners (the rotated counterpart of the
+    enclosing box): in [-1, 1], 1 only for equal boxes, and still informative for boxes
+    that do not overlap.
+    """
+    iou = paired_rotated_box_iou(a, b).double()
+    a64, b64 = a.double(), b.double()
+    areas = a64[:, 2] * a64[:, 3] + b64[:, 2] * b64[:, 3]
+    union = areas / (1 + iou)  # from iou = inter / union and union = areas - inter
+    corners = torch.cat([obb_to_poly(a64), obb_to_poly(b64)], dim=1).view(-1, 8, 2)
+    hull = min_area_rect(corners)
+    enclosing = (hull[:, 2] * hull[:, 3]).clamp(min=1e-12)
+    giou = iou - (enclosing - union) / enclosing
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return giou.to(dtype if dtype.is_floating_point else torch.float32)
 
 
 def _hbb_overlap_pairs(a: Tensor, b: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -8,8 +8,8 @@ The same coarse-to-fine diffusion process as :class:`~.cfdp.CFDPHead`, with boxe
   angle, inference starts from Gaussian noise in all five;
 * each stage pools its proposals with rotated RoIAlign (features in the box's own frame)
   and regresses ``(dx, dy, dw, dh, da)`` in that frame;
-* matching and loss use the exact rotated IoU and a Gaussian (KLD) shape loss
-  (:mod:`.rotated_loss`);
+* matching and loss use the exact rotated IoU and a rotated GIoU loss (or a Gaussian KLD
+  loss) (:mod:`.rotated_loss`);
 * post-processing is per-class rotated NMS.
 
 The stage modules, time embedding, schedule, DDIM and candidate selection are the
@@ -122,12 +122,13 @@ class RotatedCFDPHead(nn.Module):
 
     Args:
         cfg: the detection hyper-parameters; ``cfg.boxes`` must be ``"obb"``.
-            ``cfg.loss_giou`` weighs the KLD shape loss (see :mod:`.rotated_loss`).
+            ``cfg.loss_giou`` weighs the shape loss (see :mod:`.rotated_loss`).
         in_channels: channels of every pyramid level; must equal ``cfg.hidden``.
         feature_names / strides: the pyramid levels used for RoIAlign, finest first.
         ddim_eta: DDIM noise level at inference.
         renewal_threshold: with box renewal, proposals whose best score is not above this
             restart from noise between DDIM steps.
+        shape_loss: ``"giou"`` (rotated GIoU, default) or ``"kld"``.
     """
 
     def __init__(
@@ -138,6 +139,7 @@ class RotatedCFDPHead(nn.Module):
         strides: Sequence[int] = (4, 8, 16, 32),
         ddim_eta: float = 1.0,
         renewal_threshold: float = 0.5,
+        shape_loss: str = "giou",
     ) -> None:
         super().__init__()
         if cfg.boxes != "obb":
@@ -181,9 +183,10 @@ class RotatedCFDPHead(nn.Module):
             matcher,
             weight_class=cfg.loss_class,
             weight_l1=cfg.loss_l1,
-            weight_kld=cfg.loss_giou,
+            weight_shape=cfg.loss_giou,
             focal_alpha=cfg.focal_alpha,
             focal_gamma=cfg.focal_gamma,
+            shape_loss=shape_loss,
         )
         self.reset_parameters()
 
@@ -224,7 +227,8 @@ class RotatedCFDPHead(nn.Module):
         """features: name -> (B, C, H/s, W/s); image_sizes: (B, 2) [h, w] before padding.
         targets (training): per image {"boxes": (N_i, 5) le90 pixels, "labels": (N_i,)}.
 
-        Training: {"loss_cls", "loss_l1", "loss_kld"} weighted and summed over stages.
+        Training: {"loss_cls", "loss_l1", "loss_giou" (or "loss_kld")} weighted and summed
+        over stages.
         Inference: B dicts {"boxes": (K, 5) le90 pixels, "scores": (K,), "labels": (K,)}.
         """
         feats = [features[name] for name in self.feature_names]

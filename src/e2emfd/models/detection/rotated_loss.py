@@ -2,24 +2,30 @@
 
 Choices (documented here, used by :class:`~.rotated.RotatedCFDPHead`):
 
-* matching cost = focal class cost + L1 on normalised ``(cx, cy, w, h)`` - exact rotated
-  IoU (:func:`e2emfd.ops.rotated.rotated_box_iou`, which also sets dynamic k), with the
+* box L1 (cost and loss) = L1 on normalised ``(cx, cy, w, h)`` + the angle error: the
+  difference of the two angles wrapped to period pi (the same rectangle), divided by pi
+  and weighted by the target's elongation ``1 - h/w``, so that a square's arbitrary angle
+  costs nothing. In le90 both boxes have ``w >= h``, so L1 on the sizes only jumps for
+  near-squares, where ``w ~ h`` makes the jump small;
+* matching cost = focal class cost + box L1 - exact rotated IoU
+  (:func:`e2emfd.ops.rotated.rotated_box_iou`, which also sets dynamic k), with the
   centre prior measured in each ground-truth box's own frame;
-* loss = focal classification + L1 on normalised ``(cx, cy, w, h)`` + a Gaussian shape
-  term: the KLD loss of Yang et al. (NeurIPS 2021), ``1 - 1 / (1 + ln(1 + KLD))``, with
-  each box seen as the Gaussian ``N((cx, cy), R diag(w^2/4, h^2/4) R^T)``. KLD does not
-  change between the equivalent forms ``(w, h, a)``, ``(h, w, a + pi/2)`` and
-  ``(w, h, a + pi)``, so the loss has no jump at the le90 boundaries, an angle error costs
-  more on a long box than on a square one (as the IoU does), and, unlike an IoU loss, it
-  still has a gradient when boxes do not overlap. The L1 term leaves the angle out for
-  the same boundary reason; in le90 both boxes have ``w >= h``, so L1 on the sizes only
-  jumps for near-squares, where ``w ~ h`` makes the jump small.
-* ``cfg.loss_giou`` weighs the KLD term (the axis-aligned head's GIoU weight), reported
-  as ``loss_kld``.
+* loss = focal classification + box L1 + a shape term, by default the rotated GIoU loss
+  ``1 - GIoU`` (:func:`e2emfd.ops.rotated.paired_rotated_giou`: exact polygon IoU,
+  minimum-area enclosing rectangle), the counterpart of the axis-aligned head's GIoU loss,
+  reported as ``loss_giou`` and weighed by ``cfg.loss_giou``;
+* ``shape_loss="kld"`` uses the Gaussian KLD loss of Yang et al. (NeurIPS 2021) instead,
+  ``1 - 1 / (1 + ln(1 + KLD))`` with each box the Gaussian ``N((cx, cy), R diag(w^2/4,
+  h^2/4) R^T)`` (reported as ``loss_kld``). It is smooth and blind to the parameterisation,
+  but it is not the default: on thin boxes it charges size errors little (a box 35% too
+  narrow costs 0.12, against 0.35 for 1 - IoU) and, being KL(pred || target), it prefers
+  boxes too small when the angle is uncertain. A tiny model trained with it on 8 synthetic
+  aerial pairs (1000 iterations) refined ground-truth boxes into boxes 20-35% too small.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +33,7 @@ from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
 from e2emfd.losses.detection import _mean_across_ranks
-from e2emfd.ops.rotated import rotated_box_iou
+from e2emfd.ops.rotated import paired_rotated_giou, rotated_box_iou
 
 from .matcher import DynamicKMatcher, focal_class_cost
 
@@ -57,6 +63,22 @@ def kld_loss(pred: Tensor, target: Tensor) -> Tensor:
     """``1 - 1 / (1 + ln(1 + KLD))`` per pair (N,): 0 for equal boxes, below 1 always."""
     kld = gaussian_kld(pred, target).clamp(min=0)
     return 1.0 - 1.0 / (1.0 + torch.log1p(kld))
+
+
+def box_l1(pred: Tensor, target: Tensor, scale: Tensor) -> Tensor:
+    """Box L1 of the module docstring, per pair: pred, target (N, 5), scale (N, 4) or (4,)
+    image ``[W, H, D, D]`` -> (N,)."""
+    return (pred[:, :4] / scale - target[:, :4] / scale).abs().sum(-1) + angle_cost(
+        pred[:, 4], target
+    )
+
+
+def angle_cost(pred_angle: Tensor, target: Tensor) -> Tensor:
+    """``|wrap(a_p - a_t)| / pi * (1 - h_t / w_t)``: angles (...,) against target boxes
+    (..., 5) (broadcasting), wrapped to [-pi/2, pi/2)."""
+    diff = torch.remainder(pred_angle - target[..., 4] + math.pi / 2, math.pi) - math.pi / 2
+    elongation = (1 - target[..., 3] / target[..., 2].clamp(min=1e-6)).clamp(0, 1)
+    return diff.abs() / math.pi * elongation
 
 
 def rotated_centre_prior(
@@ -93,6 +115,7 @@ class RotatedDynamicKMatcher(DynamicKMatcher):
         prob = logits.float().sigmoid()
         cost_class = focal_class_cost(prob, gt_labels, self.focal_alpha, self.focal_gamma)
         cost_l1 = torch.cdist(boxes[:, :4] / scale, gt_boxes[:, :4] / scale, p=1)
+        cost_l1 = cost_l1 + angle_cost(boxes[:, None, 4], gt_boxes[None])
         iou = rotated_box_iou(boxes, gt_boxes)
         in_box, in_centre = rotated_centre_prior(boxes, gt_boxes, self.centre_radius)
         cost = (
@@ -108,20 +131,30 @@ class RotatedDynamicKMatcher(DynamicKMatcher):
 
 class RotatedSetCriterion:
     """Weighted loss of one or several (deep supervision) stages on rotated boxes: focal +
-    L1 + KLD on matched pairs, every term summed and divided by the number of ground-truth
-    boxes (averaged over processes), as in the axis-aligned :class:`SetCriterion`."""
+    box L1 + a shape term (``shape_loss``: ``"giou"`` or ``"kld"``) on matched pairs, every
+    term summed and divided by the number of ground-truth boxes (averaged over processes),
+    as in the axis-aligned :class:`SetCriterion`."""
 
     def __init__(
         self,
         matcher: RotatedDynamicKMatcher,
         weight_class: float = 2.0,
         weight_l1: float = 5.0,
-        weight_kld: float = 2.0,
+        weight_shape: float = 2.0,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
+        shape_loss: str = "giou",
     ) -> None:
+        if shape_loss not in ("giou", "kld"):
+            raise ValueError(f"shape_loss must be 'giou' or 'kld', got {shape_loss!r}")
         self.matcher = matcher
-        self.weights = {"loss_cls": weight_class, "loss_l1": weight_l1, "loss_kld": weight_kld}
+        self.shape_loss = shape_loss
+        self.shape_key = f"loss_{shape_loss}"
+        self.weights = {
+            "loss_cls": weight_class,
+            "loss_l1": weight_l1,
+            self.shape_key: weight_shape,
+        }
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
 
@@ -151,12 +184,15 @@ class RotatedSetCriterion:
         )
         src = boxes[bi, pi]  # (M, 5); empty when no image has objects: the sums are then 0
         norm = scale[bi]
-        loss_l1 = (src[:, :4] / norm - tgt_boxes[:, :4] / norm).abs().sum()
-        loss_kld = kld_loss(src, tgt_boxes).sum()
+        loss_l1 = box_l1(src, tgt_boxes, norm).sum()
+        if self.shape_loss == "giou":
+            loss_shape = (1 - paired_rotated_giou(src, tgt_boxes)).sum()
+        else:
+            loss_shape = kld_loss(src, tgt_boxes).sum()
         return {
             "loss_cls": loss_cls / num_gt,
             "loss_l1": loss_l1 / num_gt,
-            "loss_kld": loss_kld / num_gt,
+            self.shape_key: loss_shape / num_gt,
         }
 
     def __call__(
