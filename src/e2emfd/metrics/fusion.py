@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from e2emfd.metrics import fusion_matlab, fusion_python
+from e2emfd.metrics import fusion_cpu, fusion_matlab, fusion_python
 from e2emfd.metrics.fusion_io import CONVENTIONS, check_convention, load_grey, to_grey_levels
 
 __all__ = [
@@ -123,6 +124,20 @@ def fusion_metrics(
         ValueError: unknown convention or metric, mismatched shapes, values outside 0..255,
             or images too small for a windowed metric (VIF needs 41x41).
     """
+    return _fusion_metrics(fused, ir, vis, convention, metrics, engine="auto")
+
+
+def _fusion_metrics(
+    fused: Tensor,
+    ir: Tensor,
+    vis: Tensor,
+    convention: str,
+    metrics: Iterable[str] | str | None,
+    engine: str,
+) -> dict[str, Tensor]:
+    """:func:`fusion_metrics` with a choice of implementation: ``"torch"`` (any device, any
+    values), ``"cpu"`` (:mod:`e2emfd.metrics.fusion_cpu`: CPU tensors of integer grey
+    levels) or ``"auto"`` (the CPU engine where it applies)."""
     impl = _IMPLEMENTATIONS[check_convention(convention)]
     names = resolve_metric_names(metrics)
     unbatched = isinstance(fused, Tensor) and fused.dim() == 2
@@ -132,6 +147,17 @@ def fusion_metrics(
         raise ValueError(f"images must have the same shape, got {shapes}")
     if not f.device == a.device == b.device:
         raise ValueError(f"images must be on one device, got {f.device}, {a.device}, {b.device}")
+    if engine != "torch" and f.device.type == "cpu":
+        arrays = [x.detach().contiguous().numpy() for x in (f, a, b)]
+        if all(fusion_cpu.integer_levels(x) for x in arrays):
+            values = np.empty((len(names), f.shape[0]))
+            for i in range(f.shape[0]):
+                pair = fusion_cpu.pair_metrics(*(x[i] for x in arrays), convention, names)
+                values[:, i] = [pair[name] for name in names]
+            out = {name: torch.from_numpy(values[k].copy()) for k, name in enumerate(names)}
+            return {name: v[0] for name, v in out.items()} if unbatched else out
+        if engine == "cpu":
+            raise ValueError("the CPU engine needs integer grey levels 0..255")
     stats = torch.stack([torch.stack(x.aminmax()) for x in (f, a, b)])
     lo, hi = stats.min().item(), stats.max().item()
     if not (0.0 <= lo and hi <= 255.0):  # NaN fails both comparisons too
