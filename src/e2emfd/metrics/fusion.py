@@ -149,15 +149,17 @@ def _fusion_metrics(
         raise ValueError(f"images must be on one device, got {f.device}, {a.device}, {b.device}")
     if engine != "torch" and f.device.type == "cpu":
         arrays = [x.detach().contiguous().numpy() for x in (f, a, b)]
-        if all(fusion_cpu.integer_levels(x) for x in arrays):
-            values = np.empty((len(names), f.shape[0]))
-            for i in range(f.shape[0]):
-                pair = fusion_cpu.pair_metrics(*(x[i] for x in arrays), convention, names)
-                values[:, i] = [pair[name] for name in names]
+        values = np.empty((len(names), f.shape[0]))
+        for i in range(f.shape[0]):
+            pair = fusion_cpu.pair_metrics(*(x[i] for x in arrays), convention, names)
+            if pair is None:  # not integer grey levels 0..255
+                if engine == "cpu":
+                    raise ValueError("the CPU engine needs integer grey levels 0..255")
+                break
+            values[:, i] = [pair[name] for name in names]
+        else:
             out = {name: torch.from_numpy(values[k].copy()) for k, name in enumerate(names)}
             return {name: v[0] for name, v in out.items()} if unbatched else out
-        if engine == "cpu":
-            raise ValueError("the CPU engine needs integer grey levels 0..255")
     stats = torch.stack([torch.stack(x.aminmax()) for x in (f, a, b)])
     lo, hi = stats.min().item(), stats.max().item()
     if not (0.0 <= lo and hi <= 255.0):  # NaN fails both comparisons too

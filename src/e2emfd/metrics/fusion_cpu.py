@@ -39,41 +39,66 @@ _MOMENTS = {"SD", "CC", "SCD", "MSE", "PSNR"}
 _GRADIENT = {"SF", "AG"}
 
 
-def integer_levels(x: np.ndarray) -> bool:
-    """Whether ``x`` holds only integers 0..255 (NaN and infinities fail)."""
-    with np.errstate(invalid="ignore"):
-        return bool(np.array_equal(x.astype(np.uint8), x))
-
-
 def _entropy(counts: np.ndarray) -> float:
     """Shannon entropy in nats of a histogram (empty bins contribute 0)."""
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
 
 
-def _mean_by_columns(x: np.ndarray) -> float:
-    """MATLAB ``mean(mean(x))``: the mean of the column means."""
-    return float(x.mean(axis=0).mean())
-
-
 class _Pair:
-    """Shared intermediate results of one image pair (2-D float64 integer images)."""
+    """One image pair (2-D float64 arrays F, A, B) and the intermediate results its metrics
+    share. :meth:`first_pass` must succeed before anything else is used."""
 
     def __init__(self, f: np.ndarray, a: np.ndarray, b: np.ndarray):
         self.f, self.a, self.b = f, a, b
         self.n = f.size
+        self.levels = np.empty((3,) + f.shape, np.uint8)  # F, A, B as uint8
+        self.sf_sums = (0.0, 0.0)  # sums of squared vertical / horizontal differences
+        self.ag_sum = 0.0  # sum of sqrt((gx^2 + gy^2) / 2)
+        self.ab = 0.0  # sum of A * B
         self._joints: tuple[np.ndarray, np.ndarray] | None = None
         self._sums: dict[str, Fraction] | None = None
+
+    def first_pass(self, gradients: bool, ab: bool) -> bool:
+        """One pass over the images in row tiles: the uint8 levels, a check that the images
+        hold integers 0..255 (returns False otherwise), and, as asked, the SF and AG sums
+        of F and the sum of A B (all exact in float64 but AG's square roots)."""
+        f, a, b = self.f, self.a, self.b
+        h, w = f.shape
+        rows = max(1, min(h, fusion_cpu_filters.TILE_PIXELS // w))
+        same = np.empty((rows, w), bool)
+        dv_sum = dh_sum = ag = sab = 0.0
+        with np.errstate(invalid="ignore"):  # NaN cast to uint8
+            for r0 in range(0, h, rows):
+                r1 = min(h, r0 + rows)
+                eq = same[: r1 - r0]
+                for k, x in enumerate((f, a, b)):
+                    tile, u = x[r0:r1], self.levels[k, r0:r1]
+                    np.copyto(u, tile, casting="unsafe")
+                    np.equal(u, tile, out=eq)
+                    if not eq.all():
+                        return False
+                if ab:
+                    sab += float(np.dot(a[r0:r1].ravel(), b[r0:r1].ravel()))
+                if gradients:
+                    dv, dh, s = _gradient_tile(f, r0, r1)
+                    dv_sum += dv
+                    dh_sum += dh
+                    ag += s
+        self.sf_sums = (dv_sum, dh_sum)
+        self.ag_sum = ag
+        self.ab = sab
+        return True
 
     def joints(self) -> tuple[np.ndarray, np.ndarray]:
         """Joint histograms (256, 256) of (F, A) and (F, B), int64 counts."""
         if self._joints is None:
-            lf = self.f.astype(np.intp).ravel()
-            lf <<= 8
-            self._joints = tuple(
-                np.bincount(lf + x.astype(np.intp).ravel(), minlength=65536).reshape(256, 256)
-                for x in (self.a, self.b)
-            )
+            shifted = np.left_shift(self.levels[0], 8, dtype=np.intp)
+            joints = []
+            for k in (1, 2):
+                index = np.add(shifted, self.levels[k], dtype=np.intp)
+                joints.append(np.bincount(index.ravel(), minlength=65536).reshape(256, 256))
+            self._joints = (joints[0], joints[1])
         return self._joints
 
     def histograms(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -86,23 +111,61 @@ class _Pair:
         if self._sums is None:
             hf, ha, hb = self.histograms()
             jfa, jfb = self.joints()
+            levels = np.arange(256)
             out = {}
             for name, h in (("f", hf), ("a", ha), ("b", hb)):
-                out[name] = int(h @ np.arange(256))
-                out[name * 2] = int(h @ np.arange(256) ** 2)
-            levels = np.arange(256)
+                out[name] = int(h @ levels)
+                out[name * 2] = int(h @ levels**2)
             out["fa"] = int(levels @ jfa @ levels)
             out["fb"] = int(levels @ jfb @ levels)
-            # Integers below 2^53, so the float64 dot product is exact.
-            out["ab"] = int(np.dot(self.a.ravel(), self.b.ravel()))
+            out["ab"] = int(self.ab)
             self._sums = {k: Fraction(v) for k, v in out.items()}
         return self._sums
 
     def centred(self, x: str, y: str) -> Fraction:
-        """n^2 * cov(x, y) (exact)."""
+        """n^2 cov(x, y), exactly."""
         s = self.sums()
         key = x + y if x + y in s else y + x
         return self.n * s[key] - s[x] * s[y]
+
+
+def _gradient_tile(f: np.ndarray, r0: int, r1: int) -> tuple[float, float, float]:
+    """Rows [r0, r1) of F: the sums of squared differences to the next row and to the next
+    column (SF), and the sum of sqrt((gx^2 + gy^2) / 2) with MATLAB's ``gradient`` (AG).
+    Differences of integers are exact; 2 gx and 2 gy are integers too (central differences
+    inside, twice the one-sided ones on the borders), so (gx^2 + gy^2) / 2 is
+    ((2 gx)^2 + (2 gy)^2) / 8, exactly."""
+    h, w = f.shape
+    x = f[r0:r1]
+    dh = x[:, 1:] - x[:, :-1]
+    dh_sum = float(np.dot(dh.ravel(), dh.ravel()))
+    lo, hi = max(r0 - 1, 0), min(r1 + 1, h)
+    dv = f[lo + 1 : hi] - f[lo : hi - 1]  # dv[k] = f[lo + k + 1] - f[lo + k]
+    own = dv[r0 - lo : min(r1, h - 1) - lo]  # differences starting at rows r0 .. r1 - 1
+    dv_sum = float(np.dot(own.ravel(), own.ravel()))
+    if h < 2 or w < 2:
+        return dv_sum, dh_sum, math.nan
+    gy = np.empty_like(x)  # 2 gy
+    inner0, inner1 = max(r0, 1), min(r1, h - 1)
+    if inner1 > inner0:  # rows with both neighbours: dv[i - 1] + dv[i]
+        np.add(
+            dv[inner0 - 1 - lo : inner1 - 1 - lo],
+            dv[inner0 - lo : inner1 - lo],
+            out=gy[inner0 - r0 : inner1 - r0],
+        )
+    if r0 == 0:
+        np.multiply(dv[0], 2.0, out=gy[0])
+    if r1 == h:
+        np.multiply(dv[h - 2 - lo], 2.0, out=gy[h - 1 - r0])
+    gx = np.empty_like(x)  # 2 gx
+    np.add(dh[:, :-1], dh[:, 1:], out=gx[:, 1:-1])
+    np.multiply(dh[:, 0], 2.0, out=gx[:, 0])
+    np.multiply(dh[:, -1], 2.0, out=gx[:, -1])
+    gx *= gx
+    gy *= gy
+    gx += gy
+    gx *= 0.125
+    return dv_sum, dh_sum, float(np.sqrt(gx, out=gx).sum())
 
 
 def _ratio(num: float, den: float) -> float:
@@ -149,7 +212,7 @@ def _moment_metrics(pair: _Pair, convention: str, names: set[str], out: dict) ->
             # SD_evaluation on uint8 F: d = F - mean stored as uint8 (rounded half away from
             # zero, clipped to 0..255), d^2 stored as uint8 (at most 255); per grey level.
             hf = pair.histograms()[0]
-            mu = _mean_by_columns(pair.f)
+            mu = float(s["f"] / n)
             d = np.floor(np.abs(_LEVELS - mu) + 0.5) * np.sign(_LEVELS - mu)
             d2 = np.minimum(np.clip(d, 0, 255) ** 2, 255)
             out["SD"] = math.sqrt(float(hf @ d2) / n)
@@ -179,71 +242,51 @@ def _moment_metrics(pair: _Pair, convention: str, names: set[str], out: dict) ->
         out["PSNR"] = psnr
 
 
-def _gradient_metrics(f: np.ndarray, convention: str, names: set[str], out: dict) -> None:
-    h, w = f.shape
+def _gradient_metrics(pair: _Pair, convention: str, names: set[str], out: dict) -> None:
+    h, w = pair.f.shape
     if "SF" in names:
-        dv = np.diff(f, axis=0).ravel()
-        dh = np.diff(f, axis=1).ravel()
-        # Sums of squared integer differences are exact in float64.
-        rf = _ratio(float(dv @ dv), dv.size)
-        cf = _ratio(float(dh @ dh), dh.size)
-        sf = math.sqrt(rf + cf) if rf + cf >= 0 else math.nan
+        dv, dh = pair.sf_sums
+        sf = math.sqrt(_ratio(dv, (h - 1) * w) + _ratio(dh, h * (w - 1)))
         out["SF"] = sf / 255 if convention == "matlab" else sf
     if "AG" in names:
         if h < 2 or w < 2:
             raise ValueError(f"AG needs images of at least 2x2 pixels, got {(h, w)}")
-        # MATLAB gradient, doubled (exact): central differences inside, twice the
-        # one-sided ones on the first/last row and column; sqrt((gx^2 + gy^2) / 2) is then
-        # sqrt((dx^2 + dy^2) / 8).
-        dx = np.empty_like(f)
-        np.subtract(f[:, 2:], f[:, :-2], out=dx[:, 1:-1])
-        dx[:, 0] = 2 * (f[:, 1] - f[:, 0])
-        dx[:, -1] = 2 * (f[:, -1] - f[:, -2])
-        dy = np.empty_like(f)
-        np.subtract(f[2:], f[:-2], out=dy[1:-1])
-        dy[0] = 2 * (f[1] - f[0])
-        dy[-1] = 2 * (f[-1] - f[-2])
-        dx *= dx
-        dy *= dy
-        dx += dy
-        dx /= 8.0
-        total = float(np.sqrt(dx, out=dx).sum())
-        out["AG"] = total / ((h - 1) * (w - 1) if convention == "matlab" else h * w)
+        out["AG"] = pair.ag_sum / ((h - 1) * (w - 1) if convention == "matlab" else h * w)
 
 
 def pair_metrics(
     f: np.ndarray, a: np.ndarray, b: np.ndarray, convention: str, names: Iterable[str]
-) -> dict[str, float]:
-    """All requested metrics of one pair of 2-D float64 arrays of integer grey levels."""
+) -> dict[str, float] | None:
+    """All requested metrics of one pair of 2-D float64 arrays, or None if the arrays do not
+    hold integer grey levels 0..255 (the caller then uses the torch implementation)."""
     names = set(names)
     out: dict[str, float] = {}
     pair = _Pair(f, a, b)
+    if not pair.first_pass(bool(names & _GRADIENT), "SCD" in names):
+        return None
+    f8, a8, b8 = pair.levels
+    h, w = f.shape
     if names & _HISTOGRAM:
         _histogram_metrics(pair, convention, names, out)
     if names & _MOMENTS:
         _moment_metrics(pair, convention, names, out)
     if names & _GRADIENT:
-        _gradient_metrics(f, convention, names, out)
+        _gradient_metrics(pair, convention, names, out)
     if "VIF" in names:
-        h, w = f.shape
         if min(h, w) < 41:
             raise ValueError(f"VIF needs images of at least 41x41, got {h}x{w}")
         out["VIF"] = float(fusion_cpu_filters.vifp_pair(f, a, b, convention == "matlab").sum())
     if "SSIM" in names:
         side = 7 if convention == "python" else 11
-        if min(f.shape) < side:
-            h, w = f.shape
+        if min(h, w) < side:
             raise ValueError(f"SSIM needs images of at least {side}x{side}, got {h}x{w}")
         if convention == "python":
-            out["SSIM"] = float(fusion_cpu_filters.ssim_python_pair(f, a, b).sum())
+            out["SSIM"] = float(fusion_cpu_filters.ssim_python_pair(f8, a8, b8).sum())
         else:
-            out["SSIM"] = float(fusion_cpu_filters.ssim_gauss_pair(f, a, b, 255.0).sum())
+            out["SSIM"] = float(fusion_cpu_filters.ssim_gauss_pair(f8, a8, b8, 255.0).sum())
     if names & {"Qabf", "Nabf"}:
-        if "Nabf" in names and min(f.shape) < 2:
-            raise ValueError(f"Nabf needs images of at least 2x2, got {f.shape}")
-        out.update(
-            fusion_cpu_edges.edge_metrics(
-                f, a, b, convention if "Qabf" in names else None, "Nabf" in names
-            )
-        )
+        if "Nabf" in names and min(h, w) < 2:
+            raise ValueError(f"Nabf needs images of at least 2x2, got {(h, w)}")
+        qabf = convention if "Qabf" in names else None
+        out.update(fusion_cpu_edges.edge_metrics(f8, a8, b8, qabf, "Nabf" in names))
     return out
