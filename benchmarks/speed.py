@@ -132,8 +132,9 @@ def main() -> None:
         def train_step(balancer=balancer):
             model.zero_grad(set_to_none=True)
             with autocast:
-                losses = model(batch)["losses"]
-            balancer.backward({k: v.float() for k, v in losses.items()}, step=0)
+                out = model(batch, feature_leaves=balancer.balances(0))
+            losses = {k: v.float() for k, v in out["losses"].items()}
+            balancer.backward(losses, step=0, features=out.get("features"))
 
         measure(name, 1, (width, height), train_step, train=True)
 

@@ -73,8 +73,9 @@ def main() -> None:
             model.zero_grad(set_to_none=True)
             torch.manual_seed(0)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                losses = model(batch)["losses"]
-            balancer.backward({k: v.float() for k, v in losses.items()}, step=0)
+                out = model(batch, feature_leaves=method != "sum")
+            losses = {k: v.float() for k, v in out["losses"].items()}
+            balancer.backward(losses, step=0, features=out.get("features"))
 
         return run
 

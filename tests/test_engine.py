@@ -96,8 +96,8 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(synth_small, tmp_path, 
     real_forward = E2EMFD.forward
     calls = {"n": 0}
 
-    def flaky(self, batch, tasks=None):
-        out = real_forward(self, batch, tasks)
+    def flaky(self, batch, tasks=None, **kwargs):
+        out = real_forward(self, batch, tasks, **kwargs)
         calls["n"] += 1
         if calls["n"] == 2 or calls["n"] >= 4:  # one bad step, then bad forever
             out["losses"]["fusion"] = out["losses"]["fusion"] * float("nan")
@@ -178,3 +178,25 @@ def test_sampler_ranks_partition_the_global_batch_and_resume_continues():
     assert take(TrainSampler(10, 4, seed=1, start_step=2), 4) == single[8:12]
     indices = [i for i, _ in take(TrainSampler(10, 5, seed=2), 10)]
     assert sorted(indices) == list(range(10))  # one epoch = a permutation
+
+
+@pytest.mark.parametrize("method", ["sum", "gmta", "upgrad"])
+def test_backward_through_feature_leaves_gives_the_same_gradients(synth_small, method):
+    """Backpropagating each head once and the trunk once per task (the memory-lean path)
+    leaves exactly the gradients of the direct path on every parameter."""
+    cfg = load_config(None, TINY_JOINT + [f"data.root={synth_small}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).train()
+    dataset = build_dataset(cfg.data, "train", build_transforms(cfg.data, train=False))
+    batch = collate_pairs([dataset[(i, 7 + i)] for i in range(2)])
+    grads = []
+    for leaves in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = model(batch, feature_leaves=leaves)
+        TaskBalancer(method, model.shared_parameters()).backward(
+            out["losses"], step=0, features=out.get("features")
+        )
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-7, msg=name)

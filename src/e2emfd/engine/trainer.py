@@ -236,15 +236,18 @@ def train(
         # On balancing steps under DDP the per-task gradients are averaged by the balancer
         # (reduce_fn) before alignment; DDP's own all-reduce would mix the tasks, so it is
         # switched off for the whole step (forward included: DDP arms its hooks there).
-        balancing_ddp = dist.enabled and balancer.balances(step)
+        balancing = balancer.balances(step)
+        balancing_ddp = dist.enabled and balancing
         with net.no_sync() if balancing_ddp else contextlib.nullcontext():
             with autocast_context(device, amp):
-                out = net(batch, tasks)
+                # Detached feature leaves let the balancer free each head's graph early;
+                # DDP joins all outputs in one autograd node, so it keeps the direct path.
+                out = net(batch, tasks, feature_leaves=balancing and not dist.enabled)
             losses = {t: out["losses"][t].float() for t in tasks}
             optimizer.zero_grad(set_to_none=True)
             finite = _all_finite(list(losses.values()), dist.enabled)
             if finite:
-                stats = balancer.backward(losses, step)
+                stats = balancer.backward(losses, step, out.get("features"))
         if not finite:
             bad_steps += 1
             _report_bad_step(step, losses, bad_steps, cfg.train.max_bad_steps, train_log)

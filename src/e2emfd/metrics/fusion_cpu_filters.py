@@ -167,7 +167,6 @@ def _vif_scale(
     rows = min(_tile_rows(w), ho)
     band = Band(taps, 8, w, rows)
     product = np.empty((rows + n - 1, w))
-    low_buf = np.empty((2, rows, w), bool)
     num = torch.zeros(2, dtype=torch.float64)
     den = torch.zeros(2, dtype=torch.float64)
     for o0 in range(0, ho, rows):
@@ -191,24 +190,24 @@ def _vif_scale(
         # Whole rows (contiguous); the last n - 1 columns are dropped outputs (finite) and
         # stay out of the sums. Work in place; the pass's input buffer is free scratch.
         mu2, s2, mu1, s1, s12 = z[0], z[1], z[2:4], z[4:6], z[6:8]
-        g, sv = torch.from_numpy(band.scratch(2 * 2 * r * w)).view(2, 2, r, w).unbind(0)
+        g, t = torch.from_numpy(band.scratch(2 * 2 * r * w)).view(2, 2, r, w).unbind(0)
         s2.addcmul_(mu2, mu2, value=-1.0)
         s1.addcmul_(mu1, mu1, value=-1.0)
         s12.addcmul_(mu1, mu2, value=-1.0)
+        # LIVE: g = s12 / (s1 + eps), sv = s2 - g s12, then g = 0 where s1 < eps, s2 < eps
+        # or g < 0, s1 = 0 where s1 < eps, sv = eps where sv <= eps. Where s1 < eps both
+        # terms vanish once s1 = 0 (g and sv do not matter there).
         torch.add(s1, _EPS, out=g)
         torch.div(s12, g, out=g)
-        torch.addcmul(s2, g, s12, value=-1.0, out=sv)
-        sv.clamp_(min=_EPS).add_(2.0)  # sigma_n^2 = 2
-        # LIVE guards: g = 0 where g < 0 or sigma2^2 < eps (the numerator term vanishes)
-        # and sigma1^2 = 0 where below eps (both terms vanish); sv only matters elsewhere.
+        torch.addcmul(s2, g, s12, value=-1.0, out=t)  # sv
+        sv = t.clamp_(min=_EPS).add_(2.0)  # + sigma_n^2
         g.clamp_(min=0.0)
-        low = low_buf[:, :r]
-        s1n = s1.numpy()
-        np.less(s1n, _EPS, out=low)
-        np.copyto(s1n, 0.0, where=low)
-        np.less(s2.numpy(), _EPS, out=low[0])
-        np.copyto(g.numpy(), 0.0, where=low[0])
-        g.mul_(g).mul_(s1).div_(sv).add_(1.0).log10_()
+        gn = g.numpy()
+        np.multiply(gn, s2.numpy() >= _EPS, out=gn)
+        torch.nn.functional.threshold(s1, _EPS, 0.0, inplace=True)
+        torch.mul(g, s1, out=s12)
+        torch.addcmul(sv, g, s12, out=g)  # sv + g^2 s1
+        g.div_(sv).log10_()
         num += g[:, :, :wo].sum(dim=(1, 2))
         s1.mul_(0.5).add_(1.0).log10_()
         den += s1[:, :, :wo].sum(dim=(1, 2))
@@ -393,4 +392,3 @@ def ssim_gauss_pair(f: np.ndarray, a: np.ndarray, b: np.ndarray, data_range: flo
         my /= t2
         total += my[:, :, :wo].sum(axis=(1, 2), dtype=np.float64)
     return total / (ho * wo)
-

@@ -87,11 +87,16 @@ class E2EMFD(nn.Module):
         heads = {"detection": self.detector, "fusion": self.fusion}
         return {t: [p for p in heads[t].parameters() if p.requires_grad] for t in self.tasks}
 
-    def forward(self, batch: dict, tasks: tuple[str, ...] | None = None) -> dict:
+    def forward(
+        self, batch: dict, tasks: tuple[str, ...] | None = None, feature_leaves: bool = False
+    ) -> dict:
         """batch: ``vis`` (B, 3, H, W), ``ir`` (B, 1, H, W) in [0, 1], H and W multiples of
         32; ``image_sizes`` (B, 2); ``targets`` (training) as built by the collate.
 
-        Training: ``{"losses": {task: scalar}, "terms": {name: scalar}}``.
+        Training: ``{"losses": {task: scalar}, "terms": {name: scalar}}``; with
+        ``feature_leaves`` the heads read detached copies of the pyramid and the output also
+        holds ``"features": (pyramid, detached copies)``, so a multi-task balancer can
+        backpropagate each head once and the shared trunk once per task.
         Eval: ``{"fused": (B, 1, H, W) luminance, "fused_rgb": (B, 3|1, H, W),
         "detections": list of B dicts or None}``, in the padded input frame.
         """
@@ -99,6 +104,10 @@ class E2EMFD(nn.Module):
         vis, ir = self._layout(batch["vis"], batch["ir"])
         sizes = batch["image_sizes"]
         features = self.backbone(vis, ir)
+        trunk = None
+        if self.training and feature_leaves:
+            trunk = features
+            features = {k: v.detach().requires_grad_() for k, v in features.items()}
         if self.training:
             # Losses in TASKS order (detection, fusion): the balancer's statistics
             # (norm ratio |g_det| / |g_fus|) follow it.
@@ -115,7 +124,10 @@ class E2EMFD(nn.Module):
                 )
                 losses["fusion"] = sum(parts.values())
                 terms.update(parts)
-            return {"losses": losses, "terms": terms}
+            out = {"losses": losses, "terms": terms}
+            if trunk is not None:
+                out["features"] = (list(trunk.values()), list(features.values()))
+            return out
         result: dict = {"fused": None, "fused_rgb": None, "detections": None}
         if "fusion" in tasks:
             fused = self.fusion(features, vis, ir)["fused"]

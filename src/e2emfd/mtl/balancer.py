@@ -73,6 +73,16 @@ def _torchjd_weighting(method: str, n_tasks: int, kwargs: Mapping[str, Any]) -> 
     return classes[method](**kwargs).gramian_weighting
 
 
+def _backward_into_trunk(
+    attached: Sequence[Tensor], grads: Sequence[Tensor | None], retain: bool
+) -> None:
+    """Continue a backward pass into the trunk that produced ``attached``, with the
+    gradients the heads left on the detached copies of those outputs."""
+    pairs = [(a, g) for a, g in zip(attached, grads) if g is not None]
+    if pairs:
+        torch.autograd.backward([a for a, _ in pairs], [g for _, g in pairs], retain_graph=retain)
+
+
 class TaskBalancer:
     """Multi-task backward with gradient balancing on the shared parameters.
 
@@ -119,8 +129,22 @@ class TaskBalancer:
         """Whether ``backward(..., step)`` balances (DDP: run it under ``no_sync()`` then)."""
         return self.method != "sum" and step % self.every == 0
 
-    def backward(self, losses: Mapping[str, Tensor], step: int) -> dict[str, float]:
+    def backward(
+        self,
+        losses: Mapping[str, Tensor],
+        step: int,
+        features: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None,
+    ) -> dict[str, float]:
         """Backpropagate ``losses`` (scalars, in a fixed task order) and balance if due.
+
+        Args:
+            features: optional ``(attached, leaves)``: the shared trunk's outputs and the
+                detached copies (``requires_grad``) the task heads were computed from. On a
+                balancing step each head is then backpropagated once, freeing its graph,
+                and only the trunk's graph is kept for the second task: the memory of a
+                plain step plus one stashed copy of the shared gradients and the feature
+                gradients, instead of every head's activations kept alive meanwhile.
+                (Under DDP only pass them on steps run under ``no_sync()``.)
 
         Returns:
             On balancing steps: ``cos`` (cosine between the first two task gradients),
@@ -136,10 +160,12 @@ class TaskBalancer:
             total = sum(loss for loss in losses.values() if loss.requires_grad)
             if isinstance(total, Tensor):
                 total.backward()
+            if features is not None:
+                _backward_into_trunk(features[0], [leaf.grad for leaf in features[1]], False)
             return {}
 
         names = list(losses)
-        task_grads = self._task_gradients(list(losses.values()))
+        task_grads = self._task_gradients(list(losses.values()), features)
         if self.reduce_fn is not None:
             self.reduce_fn([g for grads in task_grads for g in grads if g is not None])
         # The single host sync of the step: the T x T Gram goes to the CPU, where the
@@ -149,21 +175,38 @@ class TaskBalancer:
         combine_into_grads(self.shared_params, task_grads, weights.tolist())
         return self._stats(names, gram, weights)
 
-    def _task_gradients(self, losses: list[Tensor]) -> list[GradList]:
+    def _task_gradients(
+        self,
+        losses: list[Tensor],
+        features: tuple[Sequence[Tensor], Sequence[Tensor]] | None = None,
+    ) -> list[GradList]:
         """Per-task gradients of the shared parameters; the last list is the live ``.grad``.
 
-        Each task but the last is backpropagated with ``retain_graph``; its shared gradients
-        are then copied aside and the live ``.grad`` zeroed (keeping the tensor, which DDP's
-        bucket views and fused optimisers may hold on to), so the next task accumulates into
-        a clean buffer. Non-shared parameters simply accumulate, each from its own task.
+        Each task is backpropagated in turn (the shared part of the graph is retained for the
+        next task); its shared gradients are then copied aside and the live ``.grad`` zeroed
+        (keeping the tensor, which DDP's bucket views and fused optimisers may hold on to),
+        so the next task accumulates into a clean buffer. Non-shared parameters simply
+        accumulate, each from its own task. With ``features``, the heads are backpropagated
+        first (each graph freed at once) and the trunk then once per task.
         """
         with_graph = [i for i, loss in enumerate(losses) if loss.requires_grad]
         last_backward = with_graph[-1] if with_graph else -1
+        feature_grads: list[list[Tensor | None]] = []
+        if features is not None:
+            for loss in losses:
+                if loss.requires_grad:
+                    loss.backward()
+                feature_grads.append([leaf.grad for leaf in features[1]])
+                for leaf in features[1]:
+                    leaf.grad = None
         materialise = self.reduce_fn is not None
         task_grads: list[GradList] = []
         for i, loss in enumerate(losses):
-            if loss.requires_grad:
-                loss.backward(retain_graph=i != last_backward)
+            retain = i != last_backward
+            if features is not None:
+                _backward_into_trunk(features[0], feature_grads[i], retain)
+            elif loss.requires_grad:
+                loss.backward(retain_graph=retain)
             is_last = i == len(losses) - 1
             for p in self.shared_params:
                 if p.grad is None and materialise:
