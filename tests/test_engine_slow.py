@@ -119,12 +119,12 @@ def test_two_ddp_processes_match_one_process(synth_small, tmp_path):
         for out in (single, ddp)
     ]
     for one_step, ddp_step in zip(*logs):
-        for key in ("loss_detection", "loss_fusion", "grad_norm", "mtl/cos", "mtl/norm_ratio"):
+        for key in ("loss_detection", "loss_fusion", "grad_norm", "mtl/norm_ratio"):
             if key in one_step:
-                assert ddp_step[key] == pytest.approx(one_step[key], rel=1e-4), (
-                    key,
-                    one_step["step"],
-                )
+                expected = pytest.approx(one_step[key], rel=1e-4)
+                assert ddp_step[key] == expected, (key, one_step["step"])
+        if "mtl/cos" in one_step:  # a small cosine: compare absolutely
+            assert ddp_step["mtl/cos"] == pytest.approx(one_step["mtl/cos"], abs=1e-4)
     assert sum("mtl/cos" in r for r in logs[0]) == 2
     # ... and so do the weights: AdamW turns rounding in near-zero gradient entries into
     # differences of a fraction of one step (lr = 1e-3), so compare at that scale.
