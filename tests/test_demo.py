@@ -48,3 +48,15 @@ def test_modality_experiment_writes_a_table(tmp_path):
     with pytest.raises(ValueError, match="unknown variant"):
         run_modality_experiment(tmp_path, seeds=[0], steps=1, variants=["thermal"], progress=False)
     assert set(VARIANTS) >= set(names)
+
+
+@pytest.mark.slow
+def test_demo_with_rotated_boxes(tmp_path):
+    out = tmp_path / "demo_obb"
+    summary = run_demo(out, budget_minutes=1.0, num_images=15, progress=False, boxes="obb")
+    assert summary["boxes"] == "obb" and summary["detection"]["boxes"] == "obb"
+    assert {"AP", "AP50", "voc07_mAP50"} <= set(summary["detection"])
+    page = (out / "report.html").read_text()
+    assert "rotated boxes" in page and "DroneVehicle" in page
+    for src in re.findall(r"<img src='([^']+)'", page):
+        assert cv2.imread(str(out / src)) is not None, src

@@ -100,13 +100,19 @@ def test_bad_images_raise_one_line_errors():
     assert fusion_metrics(small, small, small, metrics=["EN"])["EN"].item() == 0.0
 
 
+# Metrics the CPU engine evaluates partly in float32 (about 1e-7 relative).
+FLOAT32 = {("python", "Qabf"), ("python", "Nabf"), ("matlab", "Qabf"), ("matlab", "Nabf")}
+FLOAT32 |= {("matlab", "SSIM")}
+
+
 @pytest.mark.parametrize("convention", CONVENTIONS)
 def test_all_metrics_symmetric_in_the_sources(convention):
     f, a, b = images(6)
     ab = fusion_metrics(f, a, b, convention=convention)
     ba = fusion_metrics(f, b, a, convention=convention)
     for name in METRIC_NAMES:
-        torch.testing.assert_close(ab[name], ba[name], rtol=1e-12, atol=1e-15)
+        rtol = 1e-6 if (convention, name) in FLOAT32 else 1e-12
+        torch.testing.assert_close(ab[name], ba[name], rtol=rtol, atol=1e-15)
 
 
 def test_entropy_matches_scipy_and_constant_image_has_none():

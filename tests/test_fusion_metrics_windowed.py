@@ -12,7 +12,15 @@ import torch
 from scipy import ndimage, signal
 
 from e2emfd.metrics import fusion_core
-from e2emfd.metrics.fusion import fusion_metrics
+from e2emfd.metrics.fusion import _fusion_metrics, fusion_metrics
+
+ENGINES = ("torch", "cpu")
+# The CPU engine computes Qabf, Nabf and the MATLAB-convention SSIM partly in float32.
+FLOAT32_RTOL = 1e-6
+
+
+def engine_metrics(engine, f, a, b, convention, names):
+    return _fusion_metrics(f, a, b, convention, names, engine=engine)
 
 
 def images(seed: int, shape=(1, 64, 70)) -> tuple[torch.Tensor, ...]:
@@ -64,10 +72,11 @@ def vifp_reference(ref: np.ndarray, dist: np.ndarray, saturate: bool) -> float:
     return num / den
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("convention, saturate", [("python", False), ("matlab", True)])
-def test_vif_matches_2d_window_reference(convention, saturate):
+def test_vif_matches_2d_window_reference(convention, saturate, engine):
     f, a, b = images(0, shape=(2, 64, 70))
-    got = fusion_metrics(f, a, b, convention, ["VIF"])["VIF"]
+    got = engine_metrics(engine, f, a, b, convention, ["VIF"])["VIF"]
     for i in range(2):
         fn, an, bn = (t[i].numpy() for t in (f, a, b))
         expected = vifp_reference(an, fn, saturate) + vifp_reference(bn, fn, saturate)
@@ -109,25 +118,28 @@ def ssim_wang_reference(x: np.ndarray, y: np.ndarray) -> float:
     )
 
 
-def test_ssim_python_matches_float32_scikit_image_recipe():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ssim_python_matches_float32_scikit_image_recipe(engine):
     f, a, b = images(2, shape=(2, 40, 57))
-    got = fusion_metrics(f, a, b, "python", ["SSIM"])["SSIM"]
+    got = engine_metrics(engine, f, a, b, "python", ["SSIM"])["SSIM"]
     for i in range(2):
         fn, an, bn = (t[i].numpy() for t in (f, a, b))
         expected = ssim_python_reference(fn, an) + ssim_python_reference(fn, bn)
         assert got[i].item() == pytest.approx(expected, rel=1e-9)
 
 
-def test_ssim_matlab_is_standard_wang_ssim():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_ssim_matlab_is_standard_wang_ssim(engine):
     f, a, b = images(3, shape=(2, 40, 57))
-    got = fusion_metrics(f, a, b, "matlab", ["SSIM"])["SSIM"]
+    got = engine_metrics(engine, f, a, b, "matlab", ["SSIM"])["SSIM"]
+    rel = FLOAT32_RTOL if engine == "cpu" else 1e-12
     for i in range(2):
         fn, an, bn = (t[i].numpy() for t in (f, a, b))
         expected = ssim_wang_reference(fn, an) + ssim_wang_reference(fn, bn)
-        assert got[i].item() == pytest.approx(expected, rel=1e-12)
+        assert got[i].item() == pytest.approx(expected, rel=rel)
 
 
-def qabf_python_reference(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+def qabf_python_reference(f: np.ndarray, a: np.ndarray, b: np.ndarray, branch=True) -> float:
     h1 = np.array([[1, 2, 1], [0, 0, 0], [-1, -2, -1]], float)
     h3 = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], float)
 
@@ -145,7 +157,7 @@ def qabf_python_reference(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
         g, ang = edges(x)
         rel = np.zeros_like(g)
         gt, eq, lt = g > gf, g == gf, g < gf
-        rel[gt], rel[eq], rel[lt] = gf[gt] / g[gt], gf[eq], g[lt] / gf[lt]
+        rel[gt], rel[eq], rel[lt] = gf[gt] / g[gt], gf[eq] if branch else 1.0, g[lt] / gf[lt]
         rel_a = 1 - np.abs(ang - af) / (math.pi / 2)
         q = 0.9994 / (1 + np.exp(-15 * (rel - 0.5))) * 0.9879 / (1 + np.exp(-22 * (rel_a - 0.8)))
         num += (q * g).sum()
@@ -153,15 +165,17 @@ def qabf_python_reference(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return num / den
 
 
-def test_qabf_python_matches_scipy_reference_including_equal_gradients():
+@pytest.mark.parametrize("engine", ENGINES)
+def test_qabf_python_matches_scipy_reference_including_equal_gradients(engine):
     f, a, b = images(4, shape=(1, 50, 61))
     f = f.clone()
     f[0, 10:30, 5:40] = (a[0, 10:30, 5:40] + 3).clamp(max=255)  # equal gradients inside
     fn, an, bn = (t[0].numpy() for t in (f, a, b))
     expected = qabf_python_reference(fn, an, bn)
-    assert fusion_metrics(f, a, b, "python", ["Qabf"])["Qabf"].item() == pytest.approx(
-        expected, rel=1e-12
-    )
+    got = engine_metrics(engine, f, a, b, "python", ["Qabf"])["Qabf"].item()
+    assert got == pytest.approx(expected, rel=FLOAT32_RTOL if engine == "cpu" else 1e-12)
+    # Without the G = gF branch the value differs by far more than that.
+    assert abs(got - qabf_python_reference(fn, an, bn, branch=False)) > 100 * FLOAT32_RTOL
 
 
 def test_conv2_same_uses_matlab_summation_order_bit_for_bit():
@@ -222,7 +236,10 @@ def test_qabf_matlab_equality_branch_is_taken():
     with_branch = fusion_core.qabf(fu, au, bu, matlab_order=True).item()
     equal = torch.stack([fusion_core.conv2_same(x, fusion_core.SOBEL_X) for x in (fu, au)])
     assert (equal[0] == equal[1]).sum() > 100
-    assert fusion_metrics(f, a, b, "matlab", ["Qabf"])["Qabf"].item() == with_branch
+    assert engine_metrics("torch", f, a, b, "matlab", ["Qabf"])["Qabf"].item() == with_branch
+    # The CPU engine recomputes the bit-dependent pixels exactly; float32 elsewhere.
+    cpu = engine_metrics("cpu", f, a, b, "matlab", ["Qabf"])["Qabf"].item()
+    assert cpu == pytest.approx(with_branch, rel=FLOAT32_RTOL)
     assert 0 < with_branch < fusion_metrics(f, a, b, "python", ["Qabf"])["Qabf"].item()
 
 
@@ -261,12 +278,14 @@ def nabf_reference(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
     return float((na * (terms[0] + terms[1])).sum() / (weights[0] + weights[1]).sum())
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("convention", ["python", "matlab"])
-def test_nabf_matches_per_pixel_reference_and_is_bounded(convention):
+def test_nabf_matches_per_pixel_reference_and_is_bounded(convention, engine):
     f, a, b = images(8, shape=(1, 23, 29))
     fn, an, bn = (t[0].numpy() for t in (f, a, b))
-    got = fusion_metrics(f, a, b, convention, ["Nabf"])["Nabf"].item()
-    assert got == pytest.approx(nabf_reference(fn, an, bn), rel=1e-12)
+    got = engine_metrics(engine, f, a, b, convention, ["Nabf"])["Nabf"].item()
+    rel = FLOAT32_RTOL if engine == "cpu" else 1e-12
+    assert got == pytest.approx(nabf_reference(fn, an, bn), rel=rel)
     assert 0 < got < 1
     # Adding artefacts (strong noise) increases Nabf; a source itself has none.
     g = torch.Generator().manual_seed(9)

@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the pairs come from and how they are prepared."""
 
-    format: str = "voc"  # voc | yolo | paired
+    format: str = "voc"  # voc | yolo | paired | dronevehicle
     root: str = ""  # dataset folder (M3FD-like: Vis/ Ir/ Annotations/ ImageSets/Main/)
     train_split: str = "train"  # name of ImageSets/Main/<split>.txt, or "" for every pair
     test_split: str = "test"

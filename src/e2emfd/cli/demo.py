@@ -27,6 +27,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--num-images", type=int, default=400, help="synthetic pairs (default 400)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--boxes",
+        choices=["hbb", "obb"],
+        default="hbb",
+        help="hbb: street scenes, axis-aligned boxes (default); obb: drone scenes, rotated boxes",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
@@ -44,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         list(args.overrides),
         not args.no_progress,
+        boxes=args.boxes,
     )
     det = summary["detection"]
     print()

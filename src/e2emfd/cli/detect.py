@@ -7,7 +7,9 @@ import argparse
 DESCRIPTION = """\
 Run a trained model's detector on every pair of --vi and --ir (paired by file stem).
 Writes to --out:
-  detections.json   COCO-format results [{image_id, category_id, bbox: [x, y, w, h], score}]
+  detections.json   COCO-format results [{image_id, category_id, bbox: [x, y, w, h], score}];
+                    for rotated-box models {image_id, category_id, score, obb: [cx, cy, w,
+                    h, angle (rad, le90)], poly: [x1, y1, ..., x4, y4]} (DOTA corner order)
   images.json       the image ids: [{id, file_name, width, height}] and the categories
   drawn/<stem>.png  the fused image (or the visible one, for a detection-only model)
                     with boxes and class names above --draw-threshold
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
     from e2emfd.data import PairDataset, Resize, write_png
     from e2emfd.engine.checkpoint import load_model_for_inference
+    from e2emfd.engine.evaluate import boxes_to_original
     from e2emfd.engine.runtime import resolve_device
     from e2emfd.metrics.detection import to_coco_results
     from e2emfd.viz import draw_boxes
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             shown = model.fuse(vis, ir) if model.fusion is not None else vis
         for sample, det, image in zip(samples, detections, shown.float().cpu()):
             det = {k: v.cpu() for k, v in det.items()}
-            det["boxes"] = det["boxes"] / sample["scale"].repeat(2)
+            det["boxes"] = boxes_to_original(det["boxes"], sample["scale"])
             image_id = len(images) + 1
             h, w = sample["orig_size"].tolist()
             images.append(
@@ -92,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
                     "height": h,
                 }
             )
-            results.extend(to_coco_results([det], [image_id], classes))
+            if det["boxes"].shape[-1] == 5:
+                results.extend(rotated_results(det, image_id))
+            else:
+                results.extend(to_coco_results([det], [image_id], classes))
             if not args.no_draw:
                 keep = det["scores"] >= args.draw_threshold
                 picture = torch.nn.functional.interpolate(
@@ -126,3 +132,20 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"{len(results)} detections on {len(images)} pairs -> {out_dir / 'detections.json'}")
     return 0
+
+
+def rotated_results(det: dict, image_id: int) -> list[dict]:
+    """Result records of rotated detections: the box and its corner polygon."""
+    from e2emfd.ops.rotated import obb_to_poly
+
+    polys = obb_to_poly(det["boxes"].double()) if len(det["boxes"]) else det["boxes"]
+    return [
+        {
+            "image_id": image_id,
+            "category_id": int(label) + 1,
+            "score": round(float(score), 5),
+            "obb": [round(float(v), 3) for v in box],
+            "poly": [round(float(v), 2) for v in poly],
+        }
+        for box, poly, score, label in zip(det["boxes"], polys, det["scores"], det["labels"])
+    ]

@@ -74,9 +74,14 @@ def format_result(result: dict) -> str:
     lines = [f"{result['num_images']} test pairs"]
     det = result.get("detection")
     if det:
+        parts = [
+            ("AP50:95", "AP"),
+            ("AP50", "AP50"),
+            ("AP75", "AP75"),
+            ("VOC07 mAP50", "voc07_mAP50"),
+        ]
         lines.append(
-            f"detection  AP50:95 {det['AP']:.3f}  AP50 {det['AP50']:.3f}  AP75 {det['AP75']:.3f}"
-            + (f"  VOC07 mAP50 {det['voc07_mAP50']:.3f}" if "voc07_mAP50" in det else "")
+            "detection  " + "  ".join(f"{name} {det[key]:.3f}" for name, key in parts if key in det)
         )
         lines.append(
             "  per class AP50: "

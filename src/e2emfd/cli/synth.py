@@ -45,6 +45,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="replace a synthetic dataset already in OUT (other content is never deleted)",
     )
+    parser.add_argument(
+        "--boxes",
+        choices=["hbb", "obb"],
+        default="hbb",
+        help="hbb: street scenes, axis-aligned boxes, M3FD layout (default); obb: top-down "
+        "drone scenes of the five DroneVehicle classes at any angle, rotated boxes, "
+        "DroneVehicle layout ({train,test}/{rgb,ir}/{images,labels}, polygon XML)",
+    )
+    parser.add_argument(
+        "--border", type=int, default=0, help="obb only: white border in pixels, as DroneVehicle's"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -52,8 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from e2emfd.data.synth import generate_dataset
 
-    out = generate_dataset(
-        args.out,
+    common = dict(
         num=args.num,
         size=args.size,
         seed=args.seed,
@@ -61,5 +71,11 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
+    if args.boxes == "obb":
+        from e2emfd.data.synth_aerial import generate_aerial_dataset
+
+        out = generate_aerial_dataset(args.out, border=args.border, **common)
+    else:
+        out = generate_dataset(args.out, **common)
     print(f"wrote {args.num} synthetic pairs to {out}")
     return 0

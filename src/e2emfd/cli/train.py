@@ -41,13 +41,7 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume, progress=not args.no_progress)
     print(f"trained {result.step} steps; checkpoint: {result.checkpoint}")
     if result.evaluations:
-        _print_evaluation(result.evaluations[-1])
+        from e2emfd.cli.eval import format_result
+
+        print(format_result(result.evaluations[-1]))
     return 0
-
-
-def _print_evaluation(result: dict) -> None:
-    det = result.get("detection")
-    if det:
-        print(f"detection: AP50:95 {det['AP']:.3f}  AP50 {det['AP50']:.3f}  AP75 {det['AP75']:.3f}")
-    for conv, values in result.get("fusion", {}).items():
-        print(f"fusion ({conv}): " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))

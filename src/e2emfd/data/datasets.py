@@ -343,6 +343,10 @@ def _yolo_class_names(labels_dir: Path, labels_root: Path, fallback: list[str]) 
 
 def build_dataset(data_cfg, split: str, transform: Callable[[dict], dict] | None = None):
     """Build the dataset a config describes, for ``split`` (a name or a txt path)."""
+    if data_cfg.format == "dronevehicle":
+        from e2emfd.data.dronevehicle import build_dronevehicle_dataset
+
+        return build_dronevehicle_dataset(data_cfg, split, transform)
     vis_dir, ir_dir = data_cfg.vis_dir, data_cfg.ir_dir
     if "{split}" in vis_dir or "{split}" in ir_dir:
         # Datasets that keep each split in its own folders (LLVIP: visible/train,
@@ -369,4 +373,6 @@ def build_dataset(data_cfg, split: str, transform: Callable[[dict], dict] | None
             unlabelled=data_cfg.unlabelled,
             **common,
         )
-    raise ValueError(f"data.format '{data_cfg.format}' is not one of paired, voc, yolo")
+    raise ValueError(
+        f"data.format '{data_cfg.format}' is not one of paired, voc, yolo, dronevehicle"
+    )

@@ -42,7 +42,22 @@ DEMO_OVERRIDES = [
 ]
 
 
-def demo_config(data_root: Path, out_dir: Path, overrides: list[str] = ()) -> Config:
+# The same model with the rotated CFDP head, on synthetic aerial scenes (DroneVehicle layout).
+OBB_OVERRIDES = [
+    "data.format=dronevehicle",
+    "data.classes=[car,truck,bus,van,freight_car]",
+    "data.boxes=obb",
+    "model.detection.boxes=obb",
+    "model.detection.num_classes=5",
+]
+
+
+def demo_config(
+    data_root: Path, out_dir: Path, overrides: list[str] = (), boxes: str = "hbb"
+) -> Config:
+    """The demo's configuration; ``boxes="obb"`` for rotated boxes on aerial scenes."""
+    extra = OBB_OVERRIDES if boxes == "obb" else []
     return load_config(
-        None, [*DEMO_OVERRIDES, f"data.root={data_root}", f"output_dir={out_dir}", *overrides]
+        None,
+        [*DEMO_OVERRIDES, *extra, f"data.root={data_root}", f"output_dir={out_dir}", *overrides],
     )

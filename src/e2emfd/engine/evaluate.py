@@ -9,16 +9,23 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from e2emfd.data import make_collate
+from e2emfd.data.transforms import scale_boxes
 from e2emfd.engine.runtime import autocast_context, move_batch
+
+
+def boxes_to_original(boxes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Boxes (N, 4) xyxy or (N, 5) rotated from the network's input frame back to the
+    files' pixels; ``scale`` is (2,) [sx, sy] from the files to the input."""
+    sx, sy = (float(v) for v in scale)
+    return scale_boxes(boxes, 1.0 / sx, 1.0 / sy)
 
 
 def predictions_to_original(detections: list[dict], scales: torch.Tensor) -> list[dict]:
     """Map boxes from the network's input frame back to the files' pixels."""
-    out = []
-    for det, scale in zip(detections, scales):
-        factor = scale.to(det["boxes"].device).repeat(2)
-        out.append({**det, "boxes": det["boxes"] / factor})
-    return out
+    return [
+        {**det, "boxes": boxes_to_original(det["boxes"], scale)}
+        for det, scale in zip(detections, scales)
+    ]
 
 
 def iterate_predictions(
@@ -81,6 +88,23 @@ def fusion_scores(
     return out
 
 
+def rotated_scores(predictions: list[dict], ground_truths: list[dict], class_names) -> dict:
+    """Rotated-box detection metrics under the same keys as the COCO ones (AP = AP50:95,
+    AP50 all-point) plus the DroneVehicle papers' VOC07 11-point mAP50."""
+    from e2emfd.metrics.rotated import evaluate_rotated
+
+    r = evaluate_rotated(predictions, ground_truths, class_names)
+    return {
+        "AP": r["mAP50_95"],
+        "AP50": r["mAP50"],
+        "voc07_mAP50": r["mAP50_07"],
+        "per_class_AP50": r["per_class"],
+        "per_class_AP50_07": r["per_class_07"],
+        "per_class": r["per_class"],
+        "boxes": "obb",
+    }
+
+
 def _mean_table(rows: list[dict]) -> dict:
     if not rows:
         return {}
@@ -118,7 +142,7 @@ def evaluate(
             for target, scale, orig in zip(batch["targets"], batch["scales"], batch["orig_sizes"]):
                 ground_truths.append(
                     {
-                        "boxes": target["boxes"] / scale.repeat(2),
+                        "boxes": boxes_to_original(target["boxes"], scale),
                         "labels": target["labels"],
                         "difficult": target["difficult"],
                         "height": int(orig[0]),
@@ -137,8 +161,11 @@ def evaluate(
                 )
     result: dict = {"num_images": len(predictions) or len(fusion_rows)}
     if predictions:
-        result["detection"] = coco_evaluate(predictions, ground_truths, class_names)
-        if voc:
+        if predictions[0]["boxes"].shape[-1] == 5:
+            result["detection"] = rotated_scores(predictions, ground_truths, class_names)
+        else:
+            result["detection"] = coco_evaluate(predictions, ground_truths, class_names)
+        if voc and "voc07_mAP50" not in result["detection"]:
             for name, use_07 in (("voc07_mAP50", True), ("voc_mAP50", False)):
                 scores = voc_evaluate(predictions, ground_truths, class_names, use_07_metric=use_07)
                 result["detection"][name] = scores["mAP"]

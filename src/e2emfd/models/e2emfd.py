@@ -57,8 +57,10 @@ class E2EMFD(nn.Module):
         self.detector = None
         if cfg.detection.enabled:
             from e2emfd.models.detection import CFDPHead
+            from e2emfd.models.detection.rotated import RotatedCFDPHead
 
-            self.detector = CFDPHead(
+            head = RotatedCFDPHead if cfg.detection.boxes == "obb" else CFDPHead
+            self.detector = head(
                 cfg.detection,
                 channels,
                 tuple(self.backbone.names[:4]),
