@@ -200,7 +200,7 @@ def _night_light(st: Setting, rng, vehicles: list[_Veh], lamps) -> np.ndarray:
             ahead = u - v.length / 2
             beam = np.exp(-(((ahead - 1.5 * v.length) / (1.2 * v.length)) ** 2))
             beam *= np.exp(-((d / (0.5 * v.length + 0.5 * np.abs(ahead))) ** 2))
-            light += 0.6 * (ahead > 0) * beam
+            light += 0.4 * (ahead > 0) * beam
     return np.clip(light, 0, 1.2)
 
 
@@ -299,7 +299,9 @@ def render_aerial_scene(
     if width < 64 or height < 64:
         raise ValueError(f"synthetic scene size {width}x{height} is too small (min 64x64)")
     condition = CONDITIONS[int(rng.choice(len(CONDITIONS), p=CONDITION_P))]
-    ppm = height / 64 * rng.uniform(0.85, 1.15)
+    # A 40 m field of view (about 6 px per metre at 256 px): a car is about 12 px wide, big
+    # enough for a small CPU-trained detector; real DroneVehicle frames see farther.
+    ppm = height / 40 * rng.uniform(0.85, 1.15)
     st = Setting(width, height, condition, ppm, rng.uniform(*GROUND_T[condition]))
     shape = (height, width)
     ground = render_ground(st, rng)
