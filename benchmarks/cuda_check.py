@@ -43,15 +43,40 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--weights", help="a trained checkpoint (e.g. the demo's)")
+    parser.add_argument(
+        "--batch-file",
+        help="a saved batch {'vis', 'ir'} (e.g. real test images; see --save-batch) instead "
+        "of random images: trained weights only give confident detections on real scenes",
+    )
+    parser.add_argument(
+        "--save-batch",
+        nargs=2,
+        metavar=("DATA_ROOT", "FILE"),
+        help="save the first --batch test pairs of a VOC dataset to FILE and exit",
+    )
     parser.add_argument("--size", default="320x256")
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args()
+    if args.save_batch:
+        save_batch(*args.save_batch, args.batch)
+        return
     if not torch.cuda.is_available():
         sys.exit("cuda_check.py needs a CUDA device")
     width, height = (int(v) for v in args.size.split("x"))
     cuda = torch.device("cuda")
     model = load(args.weights).eval()
-    batch_cpu = synthetic_batch(args.batch, width, height, torch.device("cpu"))
+    if args.batch_file:
+        saved = torch.load(args.batch_file, weights_only=True)
+        b, _, height, width = saved["vis"].shape
+        args.batch = b
+        batch_cpu = {
+            "vis": saved["vis"],
+            "ir": saved["ir"],
+            "image_sizes": torch.tensor([[height, width]] * b),
+            "targets": [],
+        }
+    else:
+        batch_cpu = synthetic_batch(args.batch, width, height, torch.device("cpu"))
     rows = []
 
     # 1. CPU vs CUDA in fp32
@@ -145,6 +170,16 @@ def main() -> None:
         f"batch {args.batch} at {width}x{height}, weights {args.weights or 'random'}"
     )
     print_table(["comparison", "quantity", "value", "target", "result"], rows)
+
+
+def save_batch(root: str, path: str, count: int, split: str = "test") -> None:
+    from e2emfd.config import DataConfig
+    from e2emfd.data import build_dataset, collate_pairs
+
+    dataset = build_dataset(DataConfig(root=root), split)
+    batch = collate_pairs([dataset[i] for i in range(count)])
+    torch.save({"vis": batch["vis"], "ir": batch["ir"]}, path)
+    print(f"saved {count} pairs {tuple(batch['vis'].shape)} to {path}")
 
 
 def _ok(flag: bool) -> str:
