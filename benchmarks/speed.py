@@ -45,6 +45,25 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
+def profile_inference(model, batch, device, autocast) -> None:
+    """Where one batch-1 inference spends its time (CPU launch overhead vs device kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model.eval()
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    for _ in range(3):
+        with torch.no_grad(), autocast:
+            model(batch)
+    with profile(activities=activities) as prof, torch.no_grad(), autocast:
+        model(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=50))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,6 +72,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the backbone and heads"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also print the top operators of one inference"
     )
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -138,6 +160,8 @@ def main() -> None:
 
         measure(name, 1, (width, height), train_step, train=True)
 
+    if args.profile:
+        profile_inference(model, synthetic_batch(1, width, height, device), device, autocast)
     dtype = "bf16 autocast" if cuda else "fp32"
     print(
         f"# speed: {device_name(device)}, {dtype}, matmul peak {peak:.1f} TFLOP/s, "
