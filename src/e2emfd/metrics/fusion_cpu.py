@@ -175,6 +175,8 @@ def _ratio(num: float, den: float) -> float:
 
 
 def _pearson(cxy: Fraction, cxx: Fraction, cyy: Fraction) -> float:
+    """Pearson correlation from exact n^2-scaled (co)variances; NaN (0 / 0) for a constant
+    image (float arithmetic on 0-1 values may leave residues of about 1e-16 instead)."""
     return _ratio(float(cxy), math.sqrt(float(cxx) * float(cyy)))
 
 
@@ -275,7 +277,10 @@ def pair_metrics(
     if "VIF" in names:
         if min(h, w) < 41:
             raise ValueError(f"VIF needs images of at least 41x41, got {h}x{w}")
-        out["VIF"] = float(fusion_cpu_filters.vifp_pair(f, a, b, convention == "matlab").sum())
+        terms = fusion_cpu_filters.vifp_pair(f, a, b, convention == "matlab")
+        if convention == "python":  # the evaluator replaces a NaN (0 / 0) by 1
+            terms = np.nan_to_num(terms, nan=1.0)
+        out["VIF"] = float(terms.sum())
     if "SSIM" in names:
         side = 7 if convention == "python" else 11
         if min(h, w) < side:

@@ -229,7 +229,8 @@ def vifp_pair(f: np.ndarray, a: np.ndarray, b: np.ndarray, saturate: bool) -> np
         s_num, s_den = _vif_scale(*images, taps, saturate and scale == 1)
         num += s_num
         den += s_den
-    return num / den
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return num / den
 
 
 def _flat_rows(
@@ -345,8 +346,8 @@ _GAUSS11 = tuple(gaussian_taps(11, 1.5))
 def ssim_gauss_pair(f: np.ndarray, a: np.ndarray, b: np.ndarray, data_range: float) -> np.ndarray:
     """``[SSIM(F, A), SSIM(F, B)]`` in Wang et al.'s standard form (11x11 Gaussian window,
     sigma 1.5, K1 0.01, K2 0.03, population statistics, mean over the 'valid' region), in
-    float32: with C2 = (0.03 L)^2 the float32 cancellation in the variances moves the mean
-    SSIM by about 1e-7 relative."""
+    float32 on images shifted by -128 (the variances, which cancel, are shift-free; the
+    shift comes back for the luminance term): about 1e-7 relative."""
     h, w = f.shape
     n = len(_GAUSS11)
     ho, wo = h - n + 1, w - n + 1
@@ -357,12 +358,13 @@ def ssim_gauss_pair(f: np.ndarray, a: np.ndarray, b: np.ndarray, data_range: flo
     sq = np.empty((rows, w), np.float32)
     tmp = np.empty((2, rows, w), np.float32)
     c1, c2 = np.float32((0.01 * data_range) ** 2), np.float32((0.03 * data_range) ** 2)
+    shift = np.float32(128.0)
     total = np.zeros(2)
     for o0 in range(0, ho, rows):
         r = min(rows, ho - o0)
         span = band.begin(r)
         for k, x in enumerate((f, a, b)):
-            src[k, :span] = x[o0 : o0 + span]
+            np.subtract(x[o0 : o0 + span], shift, out=src[k, :span])
         ft, at, bt = src[:, :span]
         p = prod[:span]
         for k, (x, y) in enumerate(_ssim_sources(ft, at, bt, p)):
@@ -377,18 +379,23 @@ def ssim_gauss_pair(f: np.ndarray, a: np.ndarray, b: np.ndarray, data_range: flo
         np.subtract(xx, t1, out=xx)  # var x
         np.multiply(my, my, out=t2)
         np.subtract(yy, t2, out=yy)  # var y
+        yy += xx
+        yy += c2  # var x + var y + C2
+        np.multiply(my, mx, out=t2)
+        np.subtract(xy, t2, out=xy)  # cov
+        xy *= np.float32(2.0)
+        xy += c2  # 2 cov + C2
+        mx += shift
+        my += shift
+        np.multiply(mx, mx, out=t1)
+        np.multiply(my, my, out=t2)
         t2 += t1
         t2 += c1  # mu_x^2 + mu_y^2 + C1
-        np.multiply(my, mx, out=my)
-        np.subtract(xy, my, out=xy)  # cov
+        t2 *= yy  # denominator
+        my *= mx
         my *= np.float32(2.0)
         my += c1
-        xy *= np.float32(2.0)
-        xy += c2
         my *= xy  # numerator
-        yy += xx
-        yy += c2
-        t2 *= yy  # denominator
         my /= t2
         total += my[:, :, :wo].sum(axis=(1, 2), dtype=np.float64)
     return total / (ho * wo)
