@@ -5,7 +5,7 @@
 1. CPU vs CUDA, fp32, same weights and batch: fused images (max abs difference, target
    1e-3) and the detection head's refinement of the same proposals (logits and boxes).
 2. CUDA bf16 autocast vs fp32 on a fixed input: fused pixels (target 1e-2) and the
-   detections above score 0.5 (same count, labels, boxes within IoU 0.9). Needs trained
+   detections above score 0.5 (--score; same count, labels, boxes within IoU 0.9). Needs trained
    weights (--weights) for there to be confident detections; without them only the
    pixels are compared.
 Prints one table.
@@ -54,6 +54,12 @@ def main() -> None:
         metavar=("DATA_ROOT", "FILE"),
         help="save the first --batch test pairs of a VOC dataset to FILE and exit",
     )
+    parser.add_argument(
+        "--score",
+        type=float,
+        default=0.5,
+        help="detections above this score must agree between bf16 and fp32 (default 0.5)",
+    )
     parser.add_argument("--size", default="320x256")
     parser.add_argument("--batch", type=int, default=2)
     args = parser.parse_args()
@@ -64,6 +70,10 @@ def main() -> None:
         sys.exit("cuda_check.py needs a CUDA device")
     width, height = (int(v) for v in args.size.split("x"))
     cuda = torch.device("cuda")
+    # fp32 means fp32: cuDNN convolutions default to TF32 on Ampere and later (10-bit
+    # mantissa), which alone moves fused pixels by ~1e-3.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     model = load(args.weights).eval()
     if args.batch_file:
         saved = torch.load(args.batch_file, weights_only=True)
@@ -149,7 +159,7 @@ def main() -> None:
     if ref["detections"] is not None:
         same, total = 0, 0
         for a, b in zip(ref["detections"], low["detections"]):
-            ka, kb = a["scores"] > 0.5, b["scores"] > 0.5
+            ka, kb = a["scores"] > args.score, b["scores"] > args.score
             total += int(ka.sum())
             if ka.sum() == kb.sum() and ka.any():
                 iou = box_iou(a["boxes"][ka].float(), b["boxes"][kb].float())
@@ -159,7 +169,7 @@ def main() -> None:
         rows.append(
             [
                 "bf16 vs fp32 (CUDA)",
-                "detections > 0.5 matched (IoU>0.9, label)",
+                f"detections > {args.score:g} matched (IoU>0.9, label)",
                 f"{same}/{total}",
                 "all",
                 _ok(ok and total > 0) if args.weights else "n/a (untrained)",
