@@ -140,6 +140,15 @@ def test_resume_with_an_incompatible_config_lists_the_keys(synth_small, tmp_path
         ValueError, match=r"different model config: model.fusion.hidden: checkpoint 16 != config 8"
     ):
         train(cfg, resume=True, progress=False)
+    # inference-only settings may change between the two halves of a run
+    changed = _cfg(
+        synth_small,
+        tmp_path,
+        "train.max_iters=2",
+        "model.detection.sampling_steps=4",
+        "model.detection.num_proposals_test=7",
+    )
+    assert train(changed, resume=True, progress=False).step == 2
     model = build_model(cfg.model)
     with pytest.raises(ValueError, match=r"weights do not fit this model; .*shape"):
         ckpt.load_model_state(

@@ -62,8 +62,13 @@ def run_modality_experiment(
                 [*VARIANTS[name], f"seed={seed}", f"train.max_iters={steps}", *overrides],
             )
             started = time.monotonic()
-            result = train(cfg, progress=progress)
-            model, cfg = load_model_for_inference(result.checkpoint)
+            # an interrupted run continues from its last checkpoint
+            resume = (run_dir / "checkpoint_last.pt").is_file()
+            result = train(cfg, progress=progress, resume=resume)
+            model, _ = load_model_for_inference(result.checkpoint)
+            # A run resumed from an older checkpoint is evaluated with today's settings.
+            model.detector.cfg.sampling_steps = cfg.model.detection.sampling_steps
+            model.detector.cfg.num_proposals_test = cfg.model.detection.num_proposals_test
             test_set = build_dataset(
                 cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False)
             )

@@ -65,14 +65,30 @@ def _flatten(values: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Detection settings that act only at inference: a run may change them and still resume.
+INFERENCE_ONLY_KEYS = frozenset(
+    f"model.detection.{k}"
+    for k in (
+        "num_proposals_test",
+        "sampling_steps",
+        "box_renewal",
+        "use_ensemble",
+        "score_threshold",
+        "nms_threshold",
+        "max_detections",
+    )
+)
+
+
 def config_mismatches(saved: dict, current: Config, section: str = "model") -> list[str]:
-    """Keys of ``section`` whose values differ between a checkpoint and the current run."""
+    """Keys of ``section`` whose values differ between a checkpoint and the current run
+    (inference-only detection settings excepted)."""
     a = _flatten(saved.get(section, {}), f"{section}.")
     b = _flatten(config_to_dict(current).get(section, {}), f"{section}.")
     return [
         f"{k}: checkpoint {a.get(k)!r} != config {b.get(k)!r}"
         for k in sorted(a.keys() | b.keys())
-        if a.get(k) != b.get(k)
+        if a.get(k) != b.get(k) and k not in INFERENCE_ONLY_KEYS
     ]
 
 
