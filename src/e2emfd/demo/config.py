@@ -35,7 +35,10 @@ DEMO_OVERRIDES = [
     "model.detection.dim_feedforward=256",
     "train.task=joint",
     "train.mtl=gmta",
-    "train.gmta_every=1",
+    # The paper balances every 1000 of 15000 iterations; the demo keeps that ratio of
+    # balancing steps per run (~15). Balancing every step slows detection: in the modality
+    # experiment at 1000 steps, AP50 0.17 against 0.46 for the plain sum.
+    "train.gmta_every=50",
     "train.batch_size=4",
     "train.lr=5e-4",
     "train.warmup_iters=50",
