@@ -35,3 +35,31 @@ def test_speed_table_on_cpu():
 def test_train_step_table_on_cpu():
     out = _run("train_step.py", "--device", "cpu", "--repeats", "1", "--size", "160x128")
     assert "GMTA / plain" in out and "shared copies" in out
+
+
+def test_fusion_metric_table_with_worker_processes(tmp_path):
+    tno = ROOT.parent / "shared" / "data" / "tno42"
+    if not tno.is_dir():
+        pytest.skip("shared/data/tno42 not available")
+    for sub in ("ir", "vi", "fused/U2Fusion"):
+        (tmp_path / sub).mkdir(parents=True)
+        for stem in ("05", "08"):
+            (tmp_path / sub / f"{stem}.png").write_bytes((tno / sub / f"{stem}.png").read_bytes())
+    out = _run(
+        "fusion_metrics.py",
+        "--data",
+        str(tmp_path),
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--workers",
+        "1,2",
+        "--no-cuda",
+    )
+    rows = [line.split() for line in out.splitlines() if line.startswith(("python", "matlab"))]
+    assert [(r[0], r[2]) for r in rows] == [("python", "1"), ("python", "2")] + [
+        ("matlab", "1"),
+        ("matlab", "2"),
+    ]
+    assert all(float(r[4]) > 0 for r in rows)

@@ -38,6 +38,8 @@ def args(root: Path, *extra: str) -> list[str]:
         "--no-progress",
         "--threads",
         "1",
+        "--workers",
+        "1",
         *extra,
     ]
 
@@ -52,10 +54,11 @@ def golden(convention: str) -> dict[tuple[str, str], float]:
         }
 
 
-@pytest.mark.parametrize("convention", ["python", "matlab"])
-def test_json_output_matches_golden_values(folders, capsys, convention):
+@pytest.mark.parametrize("convention,workers", [("python", 1), ("matlab", 1), ("matlab", 2)])
+def test_json_output_matches_golden_values(folders, capsys, convention, workers):
     out = folders / "res.json"
-    assert main(args(folders, "--convention", convention, "--out", str(out))) == 0
+    extra = ("--convention", convention, "--out", str(out), "--workers", str(workers))
+    assert main(args(folders, *extra)) == 0
     printed = capsys.readouterr().out
     assert f"2 images, {convention} convention" in printed and "Qabf" in printed
     result = json.loads(out.read_text())
@@ -108,6 +111,8 @@ def test_size_mismatch_is_an_error_naming_the_file(folders, capsys):
 def test_user_errors(folders, capsys):
     assert main(args(folders, "--out", str(folders / "r.txt"))) == 2
     assert ".json or .csv" in capsys.readouterr().err
+    assert main(args(folders, "--workers", "0")) == 2
+    assert "--workers must be positive" in capsys.readouterr().err
     assert main(args(folders, "--metrics", "EN,XYZ")) == 2
     assert "unknown metric 'XYZ'" in capsys.readouterr().err
     shutil.rmtree(folders / "ir")

@@ -4,6 +4,7 @@ infrared and visible sources, in the CDDFuse-python or Tang-MATLAB convention.""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,9 @@ Examples:
   e2emfd eval-fusion --ir tno/ir --vi tno/vi --fused out/tno
   e2emfd eval-fusion --ir tno/ir --vi tno/vi --fused out/tno --convention matlab \\
       --metrics EN,MI,VIF,Qabf --out tno_matlab.csv
+
+On a CPU the pairs are shared out to one single-threaded process per core (--workers):
+the metrics of one pair are many small operations, which one core runs best.
 """
 
 
@@ -53,6 +57,12 @@ def register(subparsers) -> None:
         "--threads",
         type=int,
         help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="CPU processes evaluating pairs in parallel, one thread each (default: one per "
+        "CPU core for --device cpu, 1 otherwise; 1 = in this process)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -129,31 +139,86 @@ def _write(path: Path, convention: str, names, per_image, summary) -> None:
                 writer.writerow([stem, *(repr(values[n]) for n in names)])
 
 
-def _evaluate(pairs, convention, names, batch_size, device, args) -> dict[str, dict[str, float]]:
-    """Per-image metric values, computing same-size pairs in batches."""
-    import torch
-    from tqdm import tqdm
-
-    from e2emfd.metrics.fusion import fusion_metrics, load_grey
-
+def _batches(pairs, batch_size: int) -> list[list[tuple[str, Path, Path, Path]]]:
+    """Pairs grouped by image size, cut into batches of at most ``batch_size``."""
     groups: dict[tuple[int, int], list[tuple[str, Path, Path, Path]]] = {}
     for pair in pairs:
         groups.setdefault(_image_size(pair[1]), []).append(pair)
+    return [
+        group[start : start + batch_size]
+        for group in groups.values()
+        for start in range(0, len(group), batch_size)
+    ]
+
+
+def _evaluate_batch(batch, convention: str, names, device: str) -> dict[str, dict[str, float]]:
+    """Metric values of one batch of same-size pairs, per image stem."""
+    import torch
+
+    from e2emfd.metrics.fusion import fusion_metrics, load_grey
+
+    stacks = [
+        torch.stack([load_grey(p[k], convention) for p in batch]).to(device) for k in (1, 2, 3)
+    ]
+    values = fusion_metrics(*stacks, convention=convention, metrics=names)
+    return {stem: {n: values[n][i].item() for n in names} for i, (stem, *_) in enumerate(batch)}
+
+
+def _cpu_cores() -> int:
+    """CPU cores this process may use (its affinity where the platform tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _single_threaded_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _evaluate(pairs, convention, names, batch_size, device, workers, progress_bar):
+    """Per-image metric values, in input order; same-size pairs are computed in batches,
+    and with ``workers`` > 1 by that many single-threaded processes."""
+    from tqdm import tqdm
+
+    batches = _batches(pairs, batch_size)
     per_image: dict[str, dict[str, float]] = {}
-    progress = tqdm(total=len(pairs), unit="pair", disable=args.no_progress, file=sys.stderr)
-    for group in groups.values():
-        for start in range(0, len(group), batch_size):
-            batch = group[start : start + batch_size]
-            stacks = [
-                torch.stack([load_grey(p[k], convention) for p in batch]).to(device)
-                for k in (1, 2, 3)
-            ]
-            values = fusion_metrics(*stacks, convention=convention, metrics=names)
-            for i, (stem, *_) in enumerate(batch):
-                per_image[stem] = {n: values[n][i].item() for n in names}
+    progress = tqdm(total=len(pairs), unit="pair", disable=not progress_bar, file=sys.stderr)
+    if workers <= 1:
+        for batch in batches:
+            per_image.update(_evaluate_batch(batch, convention, names, str(device)))
             progress.update(len(batch))
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        # Threads the workers' BLAS and OpenMP pools would start (one per core each) would
+        # only compete; spawned processes read these at import.
+        limits = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+        saved = {k: os.environ.get(k) for k in limits}
+        os.environ.update({k: "1" for k in limits})
+        try:
+            with ProcessPoolExecutor(
+                workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_single_threaded_worker,
+            ) as pool:
+                jobs = {
+                    pool.submit(_evaluate_batch, b, convention, names, "cpu"): len(b)
+                    for b in batches
+                }
+                for job in as_completed(jobs):
+                    per_image.update(job.result())
+                    progress.update(jobs[job])
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     progress.close()
-    return {stem: per_image[stem] for stem, *_ in pairs}  # input order
+    return {stem: per_image[stem] for stem, *_ in pairs}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,17 +236,24 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
         raise CommandError(f"--threads must be positive, got {args.threads}")
+    if args.workers is not None and args.workers < 1:
+        raise CommandError(f"--workers must be positive, got {args.workers}")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
 
     pairs = pair_images(Path(args.ir), Path(args.vi), Path(args.fused))
+    workers = 1 if device.type != "cpu" else args.workers or _cpu_cores()
+    # a process per batch of pairs: more workers than batches would only idle
+    workers = min(workers, len(_batches(pairs, args.batch_size)))
     threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
-        per_image = _evaluate(pairs, args.convention, names, args.batch_size, device, args)
+        per_image = _evaluate(
+            pairs, args.convention, names, args.batch_size, device, workers, not args.no_progress
+        )
     finally:
         torch.set_num_threads(threads)
 
