@@ -28,4 +28,8 @@ step speed 150 "$PY" benchmarks/speed.py --device cuda --repeats 10 --profile
 step cuda_check 60 "$PY" benchmarks/cuda_check.py "${ARGS[@]}" --score "${SCORE:-0.5}"
 step train_step 60 "$PY" benchmarks/train_step.py --device cuda --m3fd --size 1024x768 --batch 1
 step train_step_demo 40 "$PY" benchmarks/train_step.py --device cuda --size 320x256 --batch 2
+# The batch-1 profile is launch-bound: CUDA graphs (compiled backbone, fusion head and
+# detection stages, mode reduce-overhead), then the same compiled without graphs.
+step speed_cudagraphs 150 "$PY" benchmarks/speed.py --device cuda --repeats 10 --compile reduce-overhead
+step speed_compiled 150 "$PY" benchmarks/speed.py --device cuda --repeats 10 --compile
 echo "=== done ($(date -u +%H:%M:%S))"

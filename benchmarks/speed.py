@@ -71,7 +71,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile the backbone and heads"
+        "--compile",
+        nargs="?",
+        const="default",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="torch.compile the backbone, the fusion head and each detection stage, in this "
+        "mode (reduce-overhead: CUDA graphs, for the launch-bound batch-1 inference)",
     )
     parser.add_argument(
         "--profile", action="store_true", help="also print the top operators of one inference"
@@ -89,8 +94,11 @@ def main() -> None:
         width, height, batches = 320, 256, (1, 4)
     model = build_model(cfg.model).to(device)
     if args.compile:
-        model.backbone = torch.compile(model.backbone)
-        model.fusion = torch.compile(model.fusion)
+        model.backbone = torch.compile(model.backbone, mode=args.compile)
+        model.fusion = torch.compile(model.fusion, mode=args.compile)
+        stages = model.detector.stages
+        for i, stage in enumerate(stages):
+            stages[i] = torch.compile(stage, mode=args.compile)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if cuda
@@ -171,6 +179,7 @@ def main() -> None:
         f"backbone R{cfg.model.backbone.depth}/w{cfg.model.backbone.width}, "
         f"{cfg.model.detection.num_proposals} proposals, {cfg.model.detection.num_stages} stages, "
         f"{cfg.model.detection.sampling_steps} DDIM step"
+        + (f", torch.compile mode {args.compile}" if args.compile else "")
     )
     print_table(
         ["workload", "batch", "size", "ms/iter", "images/s", "peak memory", "TFLOP/s", "of peak"],
