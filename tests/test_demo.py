@@ -60,3 +60,21 @@ def test_demo_with_rotated_boxes(tmp_path):
     assert "rotated boxes" in page and "DroneVehicle" in page
     for src in re.findall(r"<img src='([^']+)'", page):
         assert cv2.imread(str(out / src)) is not None, src
+
+
+def test_concurrent_experiment_processes_keep_each_others_runs(tmp_path):
+    from e2emfd.demo.experiment import _save
+
+    path = tmp_path / "results.json"
+    run = {"AP50": 0.5, "AP": 0.2, "per_class_AP50": {}, "minutes": 1.0}
+    first = {"steps": 10, "variants": {}}
+    _save(path, first, "visible only", [{**run, "seed": 0}])
+    # two processes load the file, then each records another variant or seed
+    a, b = (json.loads(path.read_text()) for _ in range(2))
+    _save(path, a, "infrared only", [{**run, "seed": 1, "AP50": 0.7}])
+    _save(path, b, "visible only", [{**run, "seed": 1, "AP50": 0.3}])
+    on_disk = json.loads(path.read_text())["variants"]
+    assert [r["seed"] for r in on_disk["visible only"]["seeds"]] == [0, 1]
+    assert on_disk["visible only"]["AP50_mean"] == pytest.approx(0.4)
+    assert on_disk["visible only"]["AP50_std"] == pytest.approx(0.1)
+    assert on_disk["infrared only"]["AP50_mean"] == pytest.approx(0.7)

@@ -6,6 +6,7 @@ steps, several seeds; test-split AP50 (pycocotools) with mean and spread."""
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -97,12 +98,15 @@ def run_modality_experiment(
 
 
 def _save(path: Path, results: dict, name: str, runs: list[dict]) -> None:
-    """Record a variant's runs, merging with what another process may have written."""
+    """Record a variant's runs. Other processes may run other variants or seeds into the
+    same file: what is on disk is kept, and this process's runs of ``name`` are added."""
     if path.is_file():
         on_disk = json.loads(path.read_text())
         if on_disk.get("steps") == results["steps"]:
-            results["variants"] = {**on_disk["variants"], **results["variants"]}
-    runs = sorted(runs, key=lambda r: r["seed"])
+            results["variants"].update(on_disk["variants"])
+    by_seed = {r["seed"]: r for r in results["variants"].get(name, {}).get("seeds", [])}
+    by_seed.update({r["seed"]: r for r in runs})
+    runs = [by_seed[seed] for seed in sorted(by_seed)]
     ap50 = [r["AP50"] for r in runs]
     results["variants"][name] = {
         "seeds": runs,
@@ -111,7 +115,7 @@ def _save(path: Path, results: dict, name: str, runs: list[dict]) -> None:
         "AP_mean": statistics.fmean(r["AP"] for r in runs),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(path)
 
