@@ -176,3 +176,18 @@ def test_output_folder_safety_and_bad_arguments(tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             generate_aerial_dataset(tmp_path / "new", progress=False, **kwargs)
+
+
+def test_view_sets_the_ground_scale(tmp_path):
+    # vehicle lengths in pixels: length_m x (1 +- 6%) x H / view_m x (1 +- 15%)
+    length_m = {"car": 4.6, "van": 5.2, "truck": 7.6, "bus": 11.5, "freight_car": 13.5}
+    for view_m in (20.0, 40.0):
+        for i in range(6):
+            scene = aerial_scene_for_index(1, i, (160, 128), view_m)
+            for o in scene.objects:
+                ppm = o.obb[2] / length_m[o.cls]
+                assert 0.94 * 0.85 * 128 / view_m - 0.5 <= ppm <= 1.06 * 1.15 * 128 / view_m + 0.5
+    out = generate_aerial_dataset(tmp_path / "z", num=1, size=SIZE, view_m=25.0, progress=False)
+    assert json.loads((out / "meta.json").read_text())["view_m"] == 25.0
+    with pytest.raises(ValueError, match="view_m must be positive"):
+        aerial_scene_for_index(0, 0, SIZE, 0.0)

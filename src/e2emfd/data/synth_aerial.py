@@ -3,17 +3,19 @@ layout (the rotated counterpart of :mod:`e2emfd.data.synth`, whose rules it foll
 
 Scene rules
 -----------
-Geometry. A drone looks straight down on flat ground at ``px_per_m`` = H / 64 x U(0.85,
-1.15) pixels per metre (a car is ~18 x 7 px at 320x256). A straight four-lane road crosses
-the image at a random angle (a second one in 30% of scenes); beside it, in half the scenes,
-a parking lot with two rows of slots; elsewhere grass, soil or paving, with building
-roofs and trees. Vehicles (length x width in m, +-6%): car 4.6x1.85, van 5.2x2.0, truck
-7.6x2.45, bus 11.5x2.55, freight_car 13.5x2.5. Running vehicles drive along the lanes
-(lane direction +-2 degrees; classes 36/14/18/14/18% in that order), parked ones stand in
-10-40% of the lot slots (cars and vans) and anywhere on open ground at any angle (0-3 per
-scene). Footprints never touch and lie inside the image. A vehicle is the rectangle of
-its footprint: a pixel is drawn when its centre is inside it, so the box is the object's
-full extent. Rendering: :mod:`.synth_aerial_scene` and :mod:`.synth_aerial_background`.
+Geometry. A drone looks straight down on flat ground at ``px_per_m`` = H / view_m x U(0.85,
+1.15) pixels per metre, ``view_m`` = 40 by default (a car is ~29 x 12 px at 320x256;
+``view_m`` = 20 doubles every vehicle's size and shows a quarter of the ground). A straight
+four-lane road crosses the image at a random angle (a second one in 30% of scenes); beside
+it, in half the scenes, a parking lot with two rows of slots; elsewhere grass, soil or
+paving, with building roofs and trees. Vehicles (length x width in m, +-6%): car 4.6x1.85,
+van 5.2x2.0, truck 7.6x2.45, bus 11.5x2.55, freight_car 13.5x2.5. Running vehicles drive
+along the lanes (lane direction +-2 degrees; classes 36/14/18/14/18% in that order), parked
+ones stand in 10-40% of the lot slots (cars and vans) and anywhere on open ground at any
+angle (0-3 per scene). Footprints never touch and lie inside the image. A vehicle is the
+rectangle of its footprint: a pixel is drawn when its centre is inside it, so the box is
+the object's full extent. Rendering: :mod:`.synth_aerial_scene` and
+:mod:`.synth_aerial_background`.
 
 Shapes, seen from above with the front at +u: car: bonnet, windscreen, roof, rear window;
 van: short bonnet, windscreen, long roof; truck: cab with windscreen, chassis gap, cargo
@@ -90,10 +92,11 @@ CLASSES = DRONEVEHICLE_CLASSES
 
 
 def aerial_scene_for_index(
-    seed: int, index: int, size: tuple[int, int] = (320, 256)
+    seed: int, index: int, size: tuple[int, int] = (320, 256), view_m: float = 40.0
 ) -> AerialScene:
-    """The scene of image ``index`` of a dataset generated with ``seed`` (``size`` = W, H)."""
-    return render_aerial_scene(np.random.default_rng([seed, index]), size[0], size[1])
+    """The scene of image ``index`` of a dataset generated with ``seed`` (``size`` = W, H;
+    ``view_m`` as :func:`render_aerial_scene`)."""
+    return render_aerial_scene(np.random.default_rng([seed, index]), size[0], size[1], view_m)
 
 
 def label_xml(
@@ -173,6 +176,7 @@ def generate_aerial_dataset(
     labels: str = "union",
     overwrite: bool = False,
     progress: bool = True,
+    view_m: float = 40.0,
 ) -> Path:
     """Write ``num`` aerial pairs of ``size`` = (width, height) (plus ``border`` white
     pixels on every side) to ``out`` in the DroneVehicle layout and return ``out``; see the
@@ -201,7 +205,7 @@ def generate_aerial_dataset(
     images = []
     for index in tqdm(range(num), desc="synth", unit="pair", disable=not progress):
         image_id = f"{index:0{digits}d}"
-        scene = aerial_scene_for_index(seed, index, (width, height))
+        scene = aerial_scene_for_index(seed, index, (width, height), view_m)
         split = "test" if is_test_index(index, test_fraction) else "train"
         vis = np.pad(scene.vis, (*pad, (0, 0)), constant_values=255)
         ir = np.pad(scene.ir, pad, constant_values=255)
@@ -225,6 +229,7 @@ def generate_aerial_dataset(
         "num": num,
         "size": [width, height],
         "border": border,
+        "view_m": view_m,
         "labels": labels,
         "test_fraction": test_fraction,
         "classes": list(CLASSES),

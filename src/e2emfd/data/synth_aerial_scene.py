@@ -293,15 +293,18 @@ def _factors(v: _Veh, shape, light, fog_t, glare) -> None:
 
 
 def render_aerial_scene(
-    rng: np.random.Generator, width: int = 320, height: int = 256
+    rng: np.random.Generator, width: int = 320, height: int = 256, view_m: float = 40.0
 ) -> AerialScene:
-    """Render one random aerial pair and its vehicles; everything is drawn from ``rng``."""
+    """Render one random aerial pair and its vehicles; everything is drawn from ``rng``.
+    ``view_m``: the ground height the image spans, in metres (+-15%)."""
     if width < 64 or height < 64:
         raise ValueError(f"synthetic scene size {width}x{height} is too small (min 64x64)")
+    if not view_m > 0:
+        raise ValueError(f"view_m must be positive, got {view_m}")
     condition = CONDITIONS[int(rng.choice(len(CONDITIONS), p=CONDITION_P))]
-    # A 40 m field of view (about 6 px per metre at 256 px): a car is about 12 px wide, big
-    # enough for a small CPU-trained detector; real DroneVehicle frames see farther.
-    ppm = height / 40 * rng.uniform(0.85, 1.15)
+    # By default a 40 m field of view (about 6 px per metre at 256 px): a car is about 12 px
+    # wide, big enough for a small CPU-trained detector; real DroneVehicle frames see farther.
+    ppm = height / view_m * rng.uniform(0.85, 1.15)
     st = Setting(width, height, condition, ppm, rng.uniform(*GROUND_T[condition]))
     shape = (height, width)
     ground = render_ground(st, rng)
