@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from e2emfd.cli.eval_fusion import single_threaded_children
 from e2emfd.metrics.fusion import fusion_metrics, load_grey
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tno42"
@@ -92,12 +93,13 @@ def time_workers(root: Path, convention: str, workers: int, repeats: int) -> tup
     pairs = load_pairs(root, convention)
     order = sorted(range(len(pairs)), key=lambda i: -pairs[i][0].numel())
     shares = [order[k::workers] for k in range(workers)]
-    limits = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    os.environ.update({k: "1" for k in limits})  # read by the spawned workers at import
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_worker_load, initargs=(root, convention)
-    ) as pool:
+    with (
+        single_threaded_children(),
+        ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_worker_load, initargs=(root, convention)
+        ) as pool,
+    ):
         walls, cpus = [], []
         for rep in range(repeats + 1):  # the first pass warms the workers up
             wall = time.perf_counter()

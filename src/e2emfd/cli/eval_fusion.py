@@ -4,6 +4,7 @@ infrared and visible sources, in the CDDFuse-python or Tang-MATLAB convention.""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -171,18 +172,36 @@ def _cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
+@contextlib.contextmanager
+def single_threaded_children():
+    """Processes spawned inside this block start their BLAS and OpenMP pools with one
+    thread (they read these variables at import): one pool per core in every worker would
+    only compete for the cores."""
+    limits = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    saved = {k: os.environ.get(k) for k in limits}
+    os.environ.update({k: "1" for k in limits})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _single_threaded_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
 
 
-def _evaluate(pairs, convention, names, batch_size, device, workers, progress_bar):
-    """Per-image metric values, in input order; same-size pairs are computed in batches,
-    and with ``workers`` > 1 by that many single-threaded processes."""
+def _evaluate(pairs, batches, convention, names, device, workers, progress_bar):
+    """Per-image metric values, in the order of ``pairs``; ``batches`` (from
+    :func:`_batches`) are computed in this process, or with ``workers`` > 1 by that many
+    single-threaded processes."""
     from tqdm import tqdm
 
-    batches = _batches(pairs, batch_size)
     per_image: dict[str, dict[str, float]] = {}
     progress = tqdm(total=len(pairs), unit="pair", disable=not progress_bar, file=sys.stderr)
     if workers <= 1:
@@ -193,30 +212,20 @@ def _evaluate(pairs, convention, names, batch_size, device, workers, progress_ba
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        # Threads the workers' BLAS and OpenMP pools would start (one per core each) would
-        # only compete; spawned processes read these at import.
-        limits = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-        saved = {k: os.environ.get(k) for k in limits}
-        os.environ.update({k: "1" for k in limits})
-        try:
-            with ProcessPoolExecutor(
+        with (
+            single_threaded_children(),
+            ProcessPoolExecutor(
                 workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_single_threaded_worker,
-            ) as pool:
-                jobs = {
-                    pool.submit(_evaluate_batch, b, convention, names, "cpu"): len(b)
-                    for b in batches
-                }
-                for job in as_completed(jobs):
-                    per_image.update(job.result())
-                    progress.update(jobs[job])
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            ) as pool,
+        ):
+            jobs = {
+                pool.submit(_evaluate_batch, b, convention, names, "cpu"): len(b) for b in batches
+            }
+            for job in as_completed(jobs):
+                per_image.update(job.result())
+                progress.update(jobs[job])
     progress.close()
     return {stem: per_image[stem] for stem, *_ in pairs}
 
@@ -244,15 +253,15 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(device)
 
     pairs = pair_images(Path(args.ir), Path(args.vi), Path(args.fused))
+    batches = _batches(pairs, args.batch_size)
     workers = 1 if device.type != "cpu" else args.workers or _cpu_cores()
-    # a process per batch of pairs: more workers than batches would only idle
-    workers = min(workers, len(_batches(pairs, args.batch_size)))
+    workers = min(workers, len(batches))  # more workers than batches would only idle
     threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:
         per_image = _evaluate(
-            pairs, args.convention, names, args.batch_size, device, workers, not args.no_progress
+            pairs, batches, args.convention, names, device, workers, not args.no_progress
         )
     finally:
         torch.set_num_threads(threads)
