@@ -34,24 +34,29 @@ far objects fade into the airlight. Glare: a day scene with a saturated bright r
 (low sun, oncoming light) that washes out what lies under it.
 
 Thermal physics, infrared image. Values are relative to the scene's ground temperature:
-people hot (skin +0.36, clothes +0.22..0.26); running vehicles warm (engine hot spot +0.3,
-exhaust +0.45, tyres +0.2, body +0.05..0.10, glass colder than body); parked vehicles at
-ambient (within +-0.02: weak in the infrared, clear in daylight); lamps take the temperature
-of the background behind them (cold metal, LED heads); motorcycles are always ridden (warm
-engine, rider). The background is smooth and low-frequency: cold sky, ground, buildings and
-trees near ground temperature, a warmer road by day and a few warm patches (so warmth
+people hot (skin +0.36, clothes +0.22..0.26) after dark and in fog, but by day (day and
+glare scenes) the sun warms the ground to about body temperature (thermal crossover): a
+person's contrast is scaled by a factor drawn from [-0.2, 1] (negative: colder than the
+ground), so about half of the people by day are faint or invisible in the infrared;
+running vehicles warm (engine hot spot +0.3, exhaust +0.45, tyres +0.2, body +0.05..0.10,
+glass colder than body); parked vehicles (35% by day, 15% in fog, 10% at night) at ambient
+(within +-0.02: weak in the infrared, clear in daylight); lamps take the temperature of
+the background behind them (cold metal, LED heads); motorcycles are always ridden (warm
+engine, rider). The background is smooth and low-frequency: cold sky, ground, buildings
+and trees near ground temperature, a warmer road by day and a few warm patches (so warmth
 alone does not mean "object"), no visible texture. Mild blur, noise and column noise.
 Long waves pierce fog: the infrared loses only 15% of the visible extinction.
 
 Detectability, recorded per object. ``vis_factor`` is the visible contrast left relative
 to daylight: 1 by day; ``t`` in fog; ``1 - mean glare`` under glare; at night the light
 falling on the object (at least 0.5 for running vehicles, which show by their own lights;
-1 for lit lamps). ``ir_factor`` is the thermal contrast left: 1 for people and running
-vehicles (times the infrared fog transmission), 0.1 for parked vehicles, 0 for lamps.
+1 for lit lamps). ``ir_factor`` is the thermal contrast left: 1 for running vehicles and
+for people after dark (times the infrared fog transmission), the absolute crossover factor
+for people by day, 0.1 for parked vehicles, 0 for lamps.
 ``vis = vis_factor >= 0.2``, ``ir = ir_factor >= 0.4``. An object seen in neither is not
-placed. Over 200 scenes (seed 0) 71% of objects are seen in both, 15% only in the visible
-(lamps, parked vehicles by day) and 14% only in the infrared (people in the dark, far
-objects in fog, objects in the glare).
+placed. Over 200 scenes (seed 0) 60% of objects are seen in both, 26% only in the visible
+(lamps, parked vehicles, people by day at thermal crossover) and 14% only in the infrared
+(people in the dark, far objects in fog, objects in the glare).
 
 Files (``generate_dataset``): ``Vis/<id>.png`` RGB, ``Ir/<id>.png`` 1-channel, both
 8-bit; ``Annotations/<id>.xml`` Pascal VOC as in M3FD; ``ImageSets/Main/{train,test}.txt``;

@@ -26,7 +26,7 @@ CLASS_P = {
     "Motorcycle": 0.11,
     "Truck": 0.115,
 }
-PARKED_P = {"day": 0.22, "glare": 0.22, "fog": 0.15, "night": 0.1}
+PARKED_P = {"day": 0.35, "glare": 0.35, "fog": 0.15, "night": 0.1}
 VEHICLES = ("Car", "Bus", "Truck")
 
 MIN_SCALE = 0.28  # farthest objects: long side ~12 px or more at 320x256
@@ -35,6 +35,10 @@ MAX_IOU = 0.45  # keep two boxes apart enough for NMS at 0.5 to see both
 VIS_THRESHOLD = 0.2  # visible contrast left (fraction of daylight) to count as seen
 IR_THRESHOLD = 0.4  # remaining thermal contrast (fraction of nominal) to count as seen
 PARKED_IR = 0.1  # thermal contrast of a parked vehicle (ambient temperature)
+# Thermal crossover: under the sun the ground warms to about body temperature, so a person's
+# contrast by day is scaled by a factor drawn from this range (negative: colder than the
+# ground); about half of them fall below IR_THRESHOLD.
+SUNLIT_PEOPLE_IR = (-0.2, 1.0)
 
 
 @dataclass
@@ -81,6 +85,7 @@ class _Obj:
     vis_factor: float = 1.0
     ir_factor: float = 1.0
     unoccluded: float = 1.0
+    thermal: float = 1.0  # scale of the parts' thermal contrast (thermal crossover)
     mask: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -163,7 +168,10 @@ def _propose(rng: np.random.Generator, cls: str, st: Setting) -> _Obj | None:
     if rows.size == 0:
         return None
     pmap = pmap[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    return _Obj(cls, parts, pmap, ox + int(cols[0]), oy + int(rows[0]), foot, s, state)
+    obj = _Obj(cls, parts, pmap, ox + int(cols[0]), oy + int(rows[0]), foot, s, state)
+    if cls == "People" and st.condition in ("day", "glare"):
+        obj.thermal = float(rng.uniform(*SUNLIT_PEOPLE_IR))
+    return obj
 
 
 def _factors(o: _Obj, st: Setting, light: np.ndarray | None, glare: np.ndarray | None) -> None:
@@ -188,7 +196,7 @@ def _factors(o: _Obj, st: Setting, light: np.ndarray | None, glare: np.ndarray |
     elif o.state == "parked":
         ir = PARKED_IR
     else:
-        ir = 1.0
+        ir = abs(o.thermal)
     if st.condition == "fog":
         ir *= float(np.exp(-0.15 * st.fog_beta * (depth - 0.6)))  # long waves pierce fog
     o.vis_factor, o.ir_factor = min(vis, 1.0), min(ir, 1.0)
@@ -278,8 +286,9 @@ def _composite(st: Setting, objs: list[_Obj], albedo: np.ndarray, ir_bg: np.ndar
         x0, y0, x1, y1 = o.box
         m, idx = o.mask, o.pmap[o.mask]
         rgb = np.array([(0, 0, 0)] + [p.rgb for p in o.parts], np.float32)
-        temp = np.array([0.0] + [p.ir for p in o.parts], np.float32)
         rel = np.array([False] + [p.ir_rel for p in o.parts])
+        temp = np.array([0.0] + [p.ir for p in o.parts], np.float32)
+        temp = np.where(rel, temp, temp * o.thermal)
         light = np.array([(0, 0, 0)] + [p.emit or (0, 0, 0) for p in o.parts], np.float32)
         albedo[y0:y1, x0:x1][m] = rgb[idx]
         base = np.where(rel[idx], ir_bg[y0:y1, x0:x1][m], st.ground_t)

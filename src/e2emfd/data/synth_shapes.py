@@ -341,7 +341,7 @@ def lamp(rng: np.random.Generator, w: float, h: float) -> list[Part]:
     Metal poles reflect their surroundings and LED heads run cold, so every part takes the
     temperature of the infrared background behind it (``ir_rel``)."""
     pole = _pick(rng, POLE)
-    t = max(1.5, 0.025 * h)
+    t = max(2.0, 0.045 * h)
     px = 0.12 * w + t / 2
     parts = [
         _poly(_rect(px - t, 0.9 * h, px + t, h), pole, -0.01, ir_rel=True),

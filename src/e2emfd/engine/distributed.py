@@ -4,6 +4,8 @@ the few collectives the trainer needs. Everything degrades to a no-op in one pro
 from __future__ import annotations
 
 import os
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -63,3 +65,44 @@ def broadcast_object(obj):
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (no-op in one process): lets a
+    rank-local decision, such as a spent time budget, stop all ranks at the same step."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([float(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def run_local_processes(fn: Callable, world_size: int, args: tuple = (), threads: int = 1) -> None:
+    """Run ``fn(*args)`` in ``world_size`` processes on this machine that join one gloo
+    group, as ``torchrun --nproc-per-node`` would, each with ``threads`` intra-op threads.
+    On a small CPU, processes with one thread each train a small model faster than one
+    process with all the threads (its convolutions are too small to split well).
+    ``fn`` must be importable (a module-level function); an exception in any process is
+    raised here."""
+    import torch.multiprocessing as mp
+
+    port = _free_port()
+    mp.spawn(_local_rank_main, (world_size, port, threads, fn, args), nprocs=world_size)
+
+
+def _local_rank_main(rank: int, world_size: int, port: int, threads: int, fn, args) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(threads)
+    fn(*args)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

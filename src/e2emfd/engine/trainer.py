@@ -25,7 +25,12 @@ from tqdm import tqdm
 from e2emfd.config import Config, config_to_dict, save_config
 from e2emfd.data import build_dataset, build_transforms, make_collate
 from e2emfd.engine import checkpoint as ckpt
-from e2emfd.engine.distributed import barrier, init_distributed, shutdown_distributed
+from e2emfd.engine.distributed import (
+    any_rank,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
 from e2emfd.engine.evaluate import evaluate
 from e2emfd.engine.optim import build_optimizer, build_scheduler
 from e2emfd.engine.runtime import autocast_context, move_batch, resolve_device, seed_everything
@@ -299,7 +304,8 @@ def train(
             and step < cfg.train.max_iters
         ):
             run_eval(step)
-        if time_budget_s is not None and time.monotonic() - started > time_budget_s:
+        # every rank stops at the same step, or the others would wait in an all-reduce
+        if time_budget_s is not None and any_rank(time.monotonic() - started > time_budget_s):
             break
     bar.close()
     save(step)
