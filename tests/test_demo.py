@@ -41,9 +41,22 @@ def test_modality_experiment_writes_a_table(tmp_path):
         tmp_path, seeds=[0], steps=3, num_images=12, variants=names, progress=False
     )
     assert list(results["variants"]) == names
+    by_condition_first = results["variants"][names[0]]["seeds"][0]["AP50_by_condition"]
     for name in names:
         row = results["variants"][name]
         assert 0 <= row["AP50_mean"] <= 1 and row["AP50_std"] == 0.0 and len(row["seeds"]) == 1
+        by_condition = row["seeds"][0]["AP50_by_condition"]
+        assert set(by_condition) <= {"day", "night", "fog", "glare"} and by_condition
+    assert "AP50 by scene condition" in (tmp_path / "results.md").read_text()
+    # a run recorded before per-condition scores is scored again from its checkpoint
+    results_path = tmp_path / "results.json"
+    old = json.loads(results_path.read_text())
+    del old["variants"][names[0]]["seeds"][0]["AP50_by_condition"]
+    results_path.write_text(json.dumps(old))
+    again = run_modality_experiment(
+        tmp_path, seeds=[0], steps=3, num_images=12, variants=names[:1], progress=False
+    )
+    assert again["variants"][names[0]]["seeds"][0]["AP50_by_condition"] == by_condition_first
     assert (tmp_path / "results.md").read_text().count("|") > 10
     with pytest.raises(ValueError, match="unknown variant"):
         run_modality_experiment(tmp_path, seeds=[0], steps=1, variants=["thermal"], progress=False)

@@ -59,3 +59,34 @@ def test_predictions_to_original():
     ]
     out = predictions_to_original(det, torch.tensor([[2.0, 4.0]]))
     assert out[0]["boxes"].tolist() == [[5.0, 5.0, 15.0, 10.0]]
+
+
+def test_subsets_are_scored_from_the_same_predictions(synth_small):
+    import copy
+    import json
+
+    cfg = DataConfig(root=str(synth_small))
+    dataset = build_dataset(cfg, "test", build_transforms(cfg, train=False))
+    predicted = {}
+    for k, record in enumerate(dataset.records):
+        boxes = torch.from_numpy(record.annotation.boxes)
+        if k >= 2:  # the last two images get boxes far off their objects
+            boxes = boxes + torch.tensor([200.0, 200.0, 200.0, 200.0])
+        predicted[record.image_id] = (boxes, torch.from_numpy(record.annotation.labels))
+    model = EchoModel(predicted)
+    subsets = {"good": [0, 1], "bad": [2, 3], "empty": []}
+    result = evaluate(
+        model, dataset, torch.device("cpu"), dataset.classes, conventions=(), subsets=subsets
+    )
+    by_subset = result["detection_by_subset"]
+    assert set(by_subset) == {"good", "bad"}  # an empty subset has no scores
+    assert by_subset["good"]["AP50"] == 1.0 and by_subset["bad"]["AP50"] == 0.0
+    # the same numbers as a separate evaluation of only those images
+    for name in ("good", "bad"):
+        alone = copy.copy(dataset)
+        alone.records = [dataset.records[i] for i in subsets[name]]
+        direct = evaluate(model, alone, torch.device("cpu"), dataset.classes, conventions=())
+        # (compared as JSON: a size range with no objects scores NaN, and NaN != NaN)
+        assert json.dumps(by_subset[name], sort_keys=True) == json.dumps(
+            direct["detection"], sort_keys=True
+        )

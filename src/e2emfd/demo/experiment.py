@@ -23,6 +23,9 @@ from e2emfd.engine.trainer import train
 VARIANTS: dict[str, list[str]] = {
     "visible only": ["model.modality=vis", "model.fusion.enabled=false", "train.task=detection"],
     "infrared only": ["model.modality=ir", "model.fusion.enabled=false", "train.task=detection"],
+    # both images through the shared backbone, without the fusion task: separates what the
+    # second input costs or brings from what training the fusion head alongside does
+    "both images, detection only": ["model.fusion.enabled=false", "train.task=detection"],
     "E2E-MFD (fused, GMTA)": ["train.task=joint", "train.mtl=gmta"],
     "E2E-MFD (fused, sum)": ["train.task=joint", "train.mtl=sum"],
 }
@@ -51,12 +54,19 @@ def run_modality_experiment(
         previous = json.loads(results_path.read_text())
         if previous.get("steps") == steps:
             results = previous
+    conditions = _conditions(data_root)
     for name in names:
         done = {r["seed"]: r for r in results["variants"].get(name, {}).get("seeds", [])}
         for seed in seeds:
-            if seed in done:
-                continue
             run_dir = out / "runs" / f"{_slug(name)}_seed{seed}"
+            checkpoint = run_dir / "checkpoint_last.pt"
+            if seed in done:
+                if "AP50_by_condition" in done[seed] or not checkpoint.is_file():
+                    continue
+                # a run from before per-condition scores: score its checkpoint again
+                done[seed].update(_evaluate_run(checkpoint, None, conditions))
+                _save(results_path, results, name, list(done.values()))
+                continue
             cfg = demo_config(
                 data_root,
                 run_dir,
@@ -64,26 +74,16 @@ def run_modality_experiment(
             )
             started = time.monotonic()
             # an interrupted run continues from its last checkpoint
-            resume = (run_dir / "checkpoint_last.pt").is_file()
-            result = train(cfg, progress=progress, resume=resume)
-            model, _ = load_model_for_inference(result.checkpoint)
-            # A run resumed from an older checkpoint is evaluated with today's settings.
-            model.detector.cfg.sampling_steps = cfg.model.detection.sampling_steps
-            model.detector.cfg.num_proposals_test = cfg.model.detection.num_proposals_test
-            test_set = build_dataset(
-                cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False)
-            )
-            det = evaluate(model, test_set, torch.device("cpu"), test_set.classes, conventions=())
-            det = det["detection"]
+            result = train(cfg, progress=progress, resume=checkpoint.is_file())
             done[seed] = {
                 "seed": seed,
-                "AP50": det["AP50"],
-                "AP": det["AP"],
-                "per_class_AP50": det["per_class_AP50"],
+                **_evaluate_run(result.checkpoint, cfg, conditions),
                 "minutes": round((time.monotonic() - started) / 60, 2),
             }
             if progress:
-                print(f"{name} seed {seed}: AP50 {det['AP50']:.3f}  AP {det['AP']:.3f}")
+                print(
+                    f"{name} seed {seed}: AP50 {done[seed]['AP50']:.3f}  AP {done[seed]['AP']:.3f}"
+                )
             _save(results_path, results, name, list(done.values()))
     results = json.loads(results_path.read_text()) if results_path.is_file() else results
     seeds_used = sorted({r["seed"] for v in results["variants"].values() for r in v["seeds"]})
@@ -95,6 +95,36 @@ def run_modality_experiment(
     results_path.write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(results_markdown(results))
     return results
+
+
+def _conditions(data_root: Path) -> dict[str, str]:
+    meta = json.loads((data_root / "meta.json").read_text())
+    return {entry["id"]: entry["condition"] for entry in meta["images"]}
+
+
+def _evaluate_run(checkpoint: Path, cfg, conditions: dict[str, str]) -> dict:
+    """Test-split AP of a run's checkpoint, overall and per scene condition."""
+    model, saved_cfg = load_model_for_inference(checkpoint)
+    cfg = cfg or saved_cfg
+    # A run resumed from an older checkpoint is evaluated with today's settings.
+    model.detector.cfg.sampling_steps = cfg.model.detection.sampling_steps
+    model.detector.cfg.num_proposals_test = cfg.model.detection.num_proposals_test
+    test_set = build_dataset(cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False))
+    subsets: dict[str, list[int]] = {}
+    for index, record in enumerate(test_set.records):
+        subsets.setdefault(conditions.get(record.image_id, "unknown"), []).append(index)
+    scores = evaluate(
+        model, test_set, torch.device("cpu"), test_set.classes, conventions=(), subsets=subsets
+    )
+    det = scores["detection"]
+    return {
+        "AP50": det["AP50"],
+        "AP": det["AP"],
+        "per_class_AP50": det["per_class_AP50"],
+        "AP50_by_condition": {
+            cond: scores["detection_by_subset"][cond]["AP50"] for cond in sorted(subsets)
+        },
+    }
 
 
 def _save(path: Path, results: dict, name: str, runs: list[dict]) -> None:
@@ -127,7 +157,25 @@ def results_markdown(results: dict) -> str:
             f"| {name} | {r['AP50_mean']:.3f} ± {r['AP50_std']:.3f} | {r['AP_mean']:.3f} "
             f"| {len(r['seeds'])} |"
         )
+    by_condition = condition_means(results)
+    if by_condition:
+        conds = sorted({c for means in by_condition.values() for c in means})
+        lines += ["", "| variant (AP50 by scene condition) | " + " | ".join(conds) + " |"]
+        lines.append("|---" * (len(conds) + 1) + "|")
+        for name, means in by_condition.items():
+            cells = [f"{means[c]:.3f}" if c in means else "-" for c in conds]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\n{results.get('note', '')}\n"
+
+
+def condition_means(results: dict) -> dict[str, dict[str, float]]:
+    """Mean test AP50 per scene condition over the seeds that have it, per variant."""
+    out = {}
+    for name, r in results["variants"].items():
+        runs = [s["AP50_by_condition"] for s in r["seeds"] if "AP50_by_condition" in s]
+        if runs:
+            out[name] = {c: statistics.fmean(run[c] for run in runs) for c in runs[0]}
+    return out
 
 
 def _slug(name: str) -> str:

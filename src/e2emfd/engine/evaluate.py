@@ -126,10 +126,13 @@ def evaluate(
     max_images: int | None = None,
     progress: bool = False,
     voc: bool = False,
+    subsets: dict[str, list[int]] | None = None,
 ) -> dict:
     """Detection (COCO AP50:95, AP50, ... per class; with ``voc`` also VOC07 11-point and
     all-point mAP50) and fusion metrics (means per convention) of ``model`` on
-    ``dataset``, in the files' pixel frame."""
+    ``dataset``, in the files' pixel frame. ``subsets`` (name -> dataset indices) adds
+    ``"detection_by_subset"``: the detection scores of each subset of images, from the
+    same predictions."""
     from e2emfd.metrics.detection import coco_evaluate, voc_evaluate
 
     predictions, ground_truths, fusion_rows = [], [], []
@@ -161,10 +164,19 @@ def evaluate(
                 )
     result: dict = {"num_images": len(predictions) or len(fusion_rows)}
     if predictions:
-        if predictions[0]["boxes"].shape[-1] == 5:
-            result["detection"] = rotated_scores(predictions, ground_truths, class_names)
-        else:
-            result["detection"] = coco_evaluate(predictions, ground_truths, class_names)
+
+        def score(preds: list[dict], truths: list[dict]) -> dict:
+            if preds[0]["boxes"].shape[-1] == 5:
+                return rotated_scores(preds, truths, class_names)
+            return coco_evaluate(preds, truths, class_names)
+
+        result["detection"] = score(predictions, ground_truths)
+        if subsets:
+            result["detection_by_subset"] = {
+                name: score([predictions[i] for i in idx], [ground_truths[i] for i in idx])
+                for name, idx in subsets.items()
+                if idx
+            }
         if voc and "voc07_mAP50" not in result["detection"]:
             for name, use_07 in (("voc07_mAP50", True), ("voc_mAP50", False)):
                 scores = voc_evaluate(predictions, ground_truths, class_names, use_07_metric=use_07)
