@@ -37,6 +37,14 @@ def test_train_step_table_on_cpu():
     assert "GMTA / plain" in out and "shared copies" in out
 
 
+@pytest.mark.slow
+def test_cpu_processes_table():
+    out = _run("cpu_processes.py", "--size", "160x128", "--repeats", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "processes" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "2"]
+    assert all(float(row.split("|")[4]) > 0 for row in rows)
+
+
 def test_fusion_metric_table_with_worker_processes(tmp_path):
     tno = ROOT.parent / "shared" / "data" / "tno42"
     if not tno.is_dir():
