@@ -90,3 +90,43 @@ def test_subsets_are_scored_from_the_same_predictions(synth_small):
         assert json.dumps(by_subset[name], sort_keys=True) == json.dumps(
             direct["detection"], sort_keys=True
         )
+
+
+class NoisyEchoModel(EchoModel):
+    """The ground truth moved by random noise from the global generator, like the
+    diffusion detector's random starting boxes: its score depends on the random state."""
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        for det in out["detections"]:
+            shift = 6.0 * torch.randn(len(det["boxes"]), 2)
+            det["boxes"] = det["boxes"] + shift.repeat(1, 2)  # moved, same size
+        return out
+
+
+def test_a_model_scores_the_same_whatever_ran_before(synth_small):
+    import json
+
+    cfg = DataConfig(root=str(synth_small))
+    dataset = build_dataset(cfg, "test", build_transforms(cfg, train=False))
+    truth = {
+        r.image_id: (torch.from_numpy(r.annotation.boxes), torch.from_numpy(r.annotation.labels))
+        for r in dataset.records
+    }
+    model = NoisyEchoModel(truth)
+
+    def score(**kwargs) -> str:
+        result = evaluate(
+            model, dataset, torch.device("cpu"), dataset.classes, conventions=(), **kwargs
+        )
+        return json.dumps(result["detection"], sort_keys=True)
+
+    scores = []
+    for state in (1, 2):
+        torch.manual_seed(state)  # a different global random state before each evaluation
+        scores.append(score())
+        after = torch.rand(1)
+        torch.manual_seed(state)
+        assert torch.equal(after, torch.rand(1))  # the caller's random state is untouched
+    assert scores[0] == scores[1]
+    assert score(seed=7) != scores[0]  # the noise matters: another seed scores otherwise

@@ -61,9 +61,11 @@ def run_modality_experiment(
             run_dir = out / "runs" / f"{_slug(name)}_seed{seed}"
             checkpoint = run_dir / "checkpoint_last.pt"
             if seed in done:
-                if "AP50_by_condition" in done[seed] or not checkpoint.is_file():
+                scored = {"AP50_by_condition", "eval_seed"} <= set(done[seed])
+                if scored or not checkpoint.is_file():
                     continue
-                # a run from before per-condition scores: score its checkpoint again
+                # a run scored before per-condition scores and seeded evaluation (whose
+                # result depended on the random state training left): score it again
                 done[seed].update(_evaluate_run(checkpoint, None, conditions))
                 _save(results_path, results, name, list(done.values()))
                 continue
@@ -118,6 +120,7 @@ def _evaluate_run(checkpoint: Path, cfg, conditions: dict[str, str]) -> dict:
     )
     det = scores["detection"]
     return {
+        "eval_seed": 0,
         "AP50": det["AP50"],
         "AP": det["AP"],
         "per_class_AP50": det["per_class_AP50"],

@@ -127,12 +127,48 @@ def evaluate(
     progress: bool = False,
     voc: bool = False,
     subsets: dict[str, list[int]] | None = None,
+    seed: int = 0,
 ) -> dict:
     """Detection (COCO AP50:95, AP50, ... per class; with ``voc`` also VOC07 11-point and
     all-point mAP50) and fusion metrics (means per convention) of ``model`` on
     ``dataset``, in the files' pixel frame. ``subsets`` (name -> dataset indices) adds
     ``"detection_by_subset"``: the detection scores of each subset of images, from the
-    same predictions."""
+    same predictions.
+
+    The diffusion detector starts from random boxes; they are drawn from a generator
+    seeded with ``seed`` (the caller's random state is left as it was), so the same model
+    scores the same on the same data whatever ran before."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return _evaluate(
+            model,
+            dataset,
+            device,
+            class_names,
+            batch_size,
+            amp,
+            conventions,
+            max_images,
+            progress,
+            voc,
+            subsets,
+        )
+
+
+def _evaluate(
+    model,
+    dataset,
+    device,
+    class_names,
+    batch_size,
+    amp,
+    conventions,
+    max_images,
+    progress,
+    voc,
+    subsets,
+) -> dict:
     from e2emfd.metrics.detection import coco_evaluate, voc_evaluate
 
     predictions, ground_truths, fusion_rows = [], [], []
