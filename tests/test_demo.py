@@ -91,3 +91,26 @@ def test_concurrent_experiment_processes_keep_each_others_runs(tmp_path):
     assert on_disk["visible only"]["AP50_mean"] == pytest.approx(0.4)
     assert on_disk["visible only"]["AP50_std"] == pytest.approx(0.1)
     assert on_disk["infrared only"]["AP50_mean"] == pytest.approx(0.7)
+
+
+def test_report_table_of_the_experiment_shows_conditions():
+    from e2emfd.demo.pipeline import experiment_table
+
+    run = {"AP50": 0.5, "AP": 0.2, "per_class_AP50": {}, "seed": 0}
+    experiment = {
+        "variants": {
+            "infrared only": {
+                "seeds": [
+                    {**run, "AP50_by_condition": {"day": 0.4, "night": 0.6}},
+                    {**run, "seed": 1, "AP50_by_condition": {"day": 0.2, "night": 0.8}},
+                ],
+                "AP50_mean": 0.5,
+                "AP50_std": 0.0,
+                "AP_mean": 0.2,
+            }
+        },
+        "note": "two seeds",
+    }
+    html = experiment_table(experiment)
+    assert "by scene condition" in html and "<th>night</th>" in html
+    assert "<td>0.300</td>" in html and "<td>0.700</td>" in html  # means over the seeds

@@ -15,6 +15,7 @@ from e2emfd.data import build_dataset, build_transforms, collate_pairs
 from e2emfd.data.synth import generate_dataset
 from e2emfd.demo import report
 from e2emfd.demo.config import demo_config
+from e2emfd.demo.experiment import condition_means
 from e2emfd.engine.checkpoint import load_checkpoint, load_model_for_inference
 from e2emfd.engine.distributed import run_local_processes
 from e2emfd.engine.evaluate import evaluate, fusion_scores
@@ -69,8 +70,9 @@ def seconds_per_step(cfg: Config, steps: int = 4, threads: int | None = None) ->
 def training_processes(batch_size: int, cpus: int | None = None) -> int:
     """How many training processes the demo runs: two on a machine with two or more cores
     (each takes half the batch), one otherwise. Two single-threaded processes train this
-    small model ~1.6x faster than one process with two threads; more processes would
-    leave too few images per process for batch norm."""
+    small model ~1.2x faster than one process with two threads
+    (benchmarks/cpu_processes.py); more would leave too few images per process for batch
+    norm."""
     cpus = cpus or os.cpu_count() or 1
     return 2 if cpus >= 2 and batch_size % 2 == 0 else 1
 
@@ -254,4 +256,13 @@ def experiment_table(experiment: dict) -> str:
             [name, result["AP50_mean"], result["AP50_std"], result["AP_mean"], len(result["seeds"])]
         )
     note = f"<p class='note'>{experiment.get('note', '')}</p>"
-    return report._table(["variant", "AP50 mean", "AP50 std", "AP50:95 mean", "seeds"], rows) + note
+    html = report._table(["variant", "AP50 mean", "AP50 std", "AP50:95 mean", "seeds"], rows)
+    by_condition = condition_means(experiment)
+    if by_condition:
+        conds = sorted({c for means in by_condition.values() for c in means})
+        cells = [
+            [name, *(m.get(c, float("nan")) for c in conds)] for name, m in by_condition.items()
+        ]
+        html += "<p>Test AP50 by scene condition (mean over seeds):</p>"
+        html += report._table(["variant", *conds], cells)
+    return html + note

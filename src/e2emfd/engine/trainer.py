@@ -249,7 +249,10 @@ def train(
                 # DDP joins all outputs in one autograd node, so it keeps the direct path.
                 out = net(batch, tasks, feature_leaves=balancing and not dist.enabled)
             losses = {t: out["losses"][t].float() for t in tasks}
-            optimizer.zero_grad(set_to_none=True)
+            # Under DDP, a parameter that a balancing step (run under no_sync) used but this
+            # step does not must hold a zero gradient, not None: DDP counts the no_sync step
+            # into this step's window and refuses to all-reduce an undefined gradient.
+            optimizer.zero_grad(set_to_none=not dist.enabled)
             finite = _all_finite(list(losses.values()), dist.enabled)
             if finite:
                 stats = balancer.backward(losses, step, out.get("features"))
