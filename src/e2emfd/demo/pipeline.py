@@ -30,7 +30,8 @@ ABOUT = {
     "CFDP diffusion detection head) trained jointly with GMTA for {steps} steps on synthetic "
     "infrared-visible street scenes, where some objects show only in the infrared image "
     "(people at night, anything in fog) and some only in the visible one (lamps, parked "
-    "cars in daylight). All numbers are on the held-out test split.</p>",
+    "cars, people by day at thermal crossover). All numbers are on the held-out test "
+    "split.</p>",
     "obb": "<p>A CPU-sized E2E-MFD with the rotated CFDP head (oriented boxes) trained "
     "jointly with GMTA for {steps} steps on synthetic top-down drone scenes of the five "
     "DroneVehicle classes, where running vehicles are warm in the infrared image and parked "
