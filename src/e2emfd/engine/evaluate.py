@@ -138,66 +138,40 @@ def evaluate(
     The diffusion detector starts from random boxes; they are drawn from a generator
     seeded with ``seed`` (the caller's random state is left as it was), so the same model
     scores the same on the same data whatever ran before."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        return _evaluate(
-            model,
-            dataset,
-            device,
-            class_names,
-            batch_size,
-            amp,
-            conventions,
-            max_images,
-            progress,
-            voc,
-            subsets,
-        )
-
-
-def _evaluate(
-    model,
-    dataset,
-    device,
-    class_names,
-    batch_size,
-    amp,
-    conventions,
-    max_images,
-    progress,
-    voc,
-    subsets,
-) -> dict:
     from e2emfd.metrics.detection import coco_evaluate, voc_evaluate
 
     predictions, ground_truths, fusion_rows = [], [], []
-    for batch, outputs in iterate_predictions(
-        model, dataset, device, batch_size, amp, max_images, progress
-    ):
-        sizes = batch["image_sizes"].tolist()
-        if outputs["detections"] is not None:
-            predictions += predictions_to_original(outputs["detections"], batch["scales"])
-            for target, scale, orig in zip(batch["targets"], batch["scales"], batch["orig_sizes"]):
-                ground_truths.append(
-                    {
-                        "boxes": boxes_to_original(target["boxes"], scale),
-                        "labels": target["labels"],
-                        "difficult": target["difficult"],
-                        "height": int(orig[0]),
-                        "width": int(orig[1]),
-                    }
-                )
-        if outputs["fused_rgb"] is not None and conventions:
-            for i, (h, w) in enumerate(sizes):
-                fusion_rows.append(
-                    fusion_scores(
-                        outputs["fused_rgb"][i, :, :h, :w],
-                        batch["ir"][i, :, :h, :w],
-                        batch["vis"][i, :, :h, :w],
-                        conventions,
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch, outputs in iterate_predictions(
+            model, dataset, device, batch_size, amp, max_images, progress
+        ):
+            sizes = batch["image_sizes"].tolist()
+            if outputs["detections"] is not None:
+                predictions += predictions_to_original(outputs["detections"], batch["scales"])
+                for target, scale, orig in zip(
+                    batch["targets"], batch["scales"], batch["orig_sizes"]
+                ):
+                    ground_truths.append(
+                        {
+                            "boxes": boxes_to_original(target["boxes"], scale),
+                            "labels": target["labels"],
+                            "difficult": target["difficult"],
+                            "height": int(orig[0]),
+                            "width": int(orig[1]),
+                        }
                     )
-                )
+            if outputs["fused_rgb"] is not None and conventions:
+                for i, (h, w) in enumerate(sizes):
+                    fusion_rows.append(
+                        fusion_scores(
+                            outputs["fused_rgb"][i, :, :h, :w],
+                            batch["ir"][i, :, :h, :w],
+                            batch["vis"][i, :, :h, :w],
+                            conventions,
+                        )
+                    )
     result: dict = {"num_images": len(predictions) or len(fusion_rows)}
     if predictions:
 
