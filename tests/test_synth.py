@@ -160,6 +160,21 @@ def test_lamps_are_at_background_temperature(scenes):
     assert np.median(vis) > 4 * max(abs(lamps), 0.5)
 
 
+@pytest.mark.parametrize("height", [H * 0.36 * 0.28, H * 0.36 * 0.6, H * 0.36])
+def test_every_column_of_a_lamp_box_has_a_visible_stroke(height):
+    # The box spans the arm and the head: a column of 1 px would vanish under the blur and
+    # noise of a far lamp, leaving a box edge no pixel defines. (The outermost columns are
+    # the rounded tips of the base and the head.)
+    from e2emfd.data.synth_shapes import BASE_SIZE, build_parts, rasterise
+
+    width = height * BASE_SIZE["Lamp"][0] / BASE_SIZE["Lamp"][1]
+    for seed in range(5):
+        parts = build_parts(np.random.default_rng(seed), "Lamp", width, height, False, False)
+        pmap = rasterise(parts, 1.0, 1.0, (int(height) + 4, int(width) + 4)) > 0
+        columns = pmap[:, pmap.any(0)].sum(0)
+        assert columns[1:-1].min() >= 2, (height, columns)
+
+
 def test_running_vehicles_are_warm_parked_ones_are_not(scenes):
     running = [(s, o) for s, o in _objects(scenes, state="running") if o.cls != "Motorcycle"]
     parked = _objects(scenes, state="parked")

@@ -22,7 +22,8 @@ People: upright and narrow, legs with a stride, torso, arms, round head. Car: lo
 cabin with a window, two wheels, head/tail lights. Bus: long tall box, a row of windows,
 windscreen, door, two wheels. Truck: tall cargo box behind a lower cab with a windscreen,
 three wheels. Motorcycle: small, two wheels, frame, engine, a rider with a helmet. Lamp:
-thin pole with an arm and a lamp head with a bulb, on the roadside.
+pole with an arm and a lamp head with a bulb, on the roadside (arm and head at least 2 px
+thick: the box spans them).
 
 Conditions (day 40%, night 30%, fog 20%, glare 10%), visible image.
 Day: sunlit albedo, textured background, mild noise. Night: everything lit by a dim ambient

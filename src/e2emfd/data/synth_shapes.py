@@ -336,25 +336,26 @@ def motorcycle(rng: np.random.Generator, w: float, h: float) -> list[Part]:
 
 
 def lamp(rng: np.random.Generator, w: float, h: float) -> list[Part]:
-    """A thin pole with an arm and a lamp head; the arm reaches right.
+    """A pole with an arm and a lamp head; the arm reaches right.
 
+    The box spans the arm and the head, so both are drawn at least 2 px thick, and the
+    head as a housing taller than the arm: the box of a far lamp ends on something seen.
     Metal poles reflect their surroundings and LED heads run cold, so every part takes the
     temperature of the infrared background behind it (``ir_rel``)."""
     pole = _pick(rng, POLE)
     t = max(2.0, 0.045 * h)
     px = 0.12 * w + t / 2
+    head_h = max(2.0, 0.04 * h)
     parts = [
         _poly(_rect(px - t, 0.9 * h, px + t, h), pole, -0.01, ir_rel=True),
         Part("line", (px, 0.03 * h, px, h - 1, t), pole, -0.01, ir_rel=True),
         Part(
-            "line", (px, 0.05 * h, 0.78 * w, 0.02 * h, max(1.0, 0.7 * t)), pole, -0.01, ir_rel=True
+            "line", (px, 0.05 * h, 0.7 * w, 0.03 * h, max(2.0, 0.8 * t)), pole, -0.01, ir_rel=True
         ),
-        Part(
-            "ellipse", (0.78 * w, 0.04 * h, 0.22 * w, max(1.0, 0.03 * h)), pole, -0.01, ir_rel=True
-        ),
+        Part("ellipse", (0.72 * w, 0.04 * h, 0.28 * w, head_h), pole, -0.01, ir_rel=True),
         Part(
             "ellipse",
-            (0.78 * w, 0.07 * h, 0.12 * w, max(1.0, 0.015 * h)),
+            (0.72 * w, 0.04 * h + 0.6 * head_h, 0.18 * w, max(1.0, 0.5 * head_h)),
             (0.95, 0.92, 0.75),
             -0.01,
             ir_rel=True,
