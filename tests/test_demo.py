@@ -48,15 +48,28 @@ def test_modality_experiment_writes_a_table(tmp_path):
         by_condition = row["seeds"][0]["AP50_by_condition"]
         assert set(by_condition) <= {"day", "night", "fog", "glare"} and by_condition
     assert "AP50 by scene condition" in (tmp_path / "results.md").read_text()
-    # a run recorded before per-condition scores is scored again from its checkpoint
+    # a run recorded before per-condition scores and evaluation settings is scored again
+    # from its checkpoint, and so is one scored with other inference settings
     results_path = tmp_path / "results.json"
     old = json.loads(results_path.read_text())
-    del old["variants"][names[0]]["seeds"][0]["AP50_by_condition"]
+    first = old["variants"][names[0]]["seeds"][0]
+    assert first["eval"]["proposals"] == 500 and first["eval"]["seed"] == 0
+    del first["AP50_by_condition"], first["eval"]
     results_path.write_text(json.dumps(old))
     again = run_modality_experiment(
         tmp_path, seeds=[0], steps=3, num_images=12, variants=names[:1], progress=False
     )
     assert again["variants"][names[0]]["seeds"][0]["AP50_by_condition"] == by_condition_first
+    fewer = run_modality_experiment(
+        tmp_path,
+        seeds=[0],
+        steps=3,
+        num_images=12,
+        variants=names[:1],
+        overrides=["model.detection.num_proposals_test=20"],
+        progress=False,
+    )
+    assert fewer["variants"][names[0]]["seeds"][0]["eval"]["proposals"] == 20
     assert (tmp_path / "results.md").read_text().count("|") > 10
     with pytest.raises(ValueError, match="unknown variant"):
         run_modality_experiment(tmp_path, seeds=[0], steps=1, variants=["thermal"], progress=False)

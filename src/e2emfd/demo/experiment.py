@@ -55,18 +55,20 @@ def run_modality_experiment(
         if previous.get("steps") == steps:
             results = previous
     conditions = _conditions(data_root)
+    base_cfg = demo_config(data_root, out / "runs", list(overrides))
+    eval_settings = _eval_settings(base_cfg)
     for name in names:
         done = {r["seed"]: r for r in results["variants"].get(name, {}).get("seeds", [])}
         for seed in seeds:
             run_dir = out / "runs" / f"{_slug(name)}_seed{seed}"
             checkpoint = run_dir / "checkpoint_last.pt"
             if seed in done:
-                scored = {"AP50_by_condition", "eval_seed"} <= set(done[seed])
-                if scored or not checkpoint.is_file():
+                if done[seed].get("eval") == eval_settings or not checkpoint.is_file():
                     continue
-                # a run scored before per-condition scores and seeded evaluation (whose
-                # result depended on the random state training left): score it again
-                done[seed].update(_evaluate_run(checkpoint, None, conditions))
+                # a run scored with other evaluation settings (or before they were
+                # recorded): score it again, so that every row of the table is comparable
+                done[seed].pop("eval_seed", None)  # the record's older form
+                done[seed].update(_evaluate_run(checkpoint, base_cfg, conditions))
                 _save(results_path, results, name, list(done.values()))
                 continue
             cfg = demo_config(
@@ -104,23 +106,38 @@ def _conditions(data_root: Path) -> dict[str, str]:
     return {entry["id"]: entry["condition"] for entry in meta["images"]}
 
 
+def _eval_settings(cfg) -> dict:
+    """What a test score depends on besides the checkpoint: the detector's inference knobs
+    and the seed of its random starting boxes."""
+    det = cfg.model.detection
+    return {"seed": 0, "proposals": det.num_proposals_test, "sampling_steps": det.sampling_steps}
+
+
 def _evaluate_run(checkpoint: Path, cfg, conditions: dict[str, str]) -> dict:
-    """Test-split AP of a run's checkpoint, overall and per scene condition."""
+    """Test-split AP of a run's checkpoint, overall and per scene condition, with the
+    inference settings of ``cfg`` (not those the run was trained with)."""
     model, saved_cfg = load_model_for_inference(checkpoint)
-    cfg = cfg or saved_cfg
-    # A run resumed from an older checkpoint is evaluated with today's settings.
-    model.detector.cfg.sampling_steps = cfg.model.detection.sampling_steps
-    model.detector.cfg.num_proposals_test = cfg.model.detection.num_proposals_test
-    test_set = build_dataset(cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False))
+    settings = _eval_settings(cfg)
+    model.detector.cfg.sampling_steps = settings["sampling_steps"]
+    model.detector.cfg.num_proposals_test = settings["proposals"]
+    test_set = build_dataset(
+        saved_cfg.data, saved_cfg.data.test_split, build_transforms(saved_cfg.data, train=False)
+    )
     subsets: dict[str, list[int]] = {}
     for index, record in enumerate(test_set.records):
         subsets.setdefault(conditions.get(record.image_id, "unknown"), []).append(index)
     scores = evaluate(
-        model, test_set, torch.device("cpu"), test_set.classes, conventions=(), subsets=subsets
+        model,
+        test_set,
+        torch.device("cpu"),
+        test_set.classes,
+        conventions=(),
+        subsets=subsets,
+        seed=settings["seed"],
     )
     det = scores["detection"]
     return {
-        "eval_seed": 0,
+        "eval": settings,
         "AP50": det["AP50"],
         "AP": det["AP"],
         "per_class_AP50": det["per_class_AP50"],

@@ -167,10 +167,10 @@ def run_demo(
     cfg = demo_config(data_root, out / "run", [f"seed={seed}", *overrides], boxes)
 
     # Leave time for evaluation (model and baselines, both metric conventions) and the
-    # report: about a second per test pair on two CPU cores.
+    # report: about 1.2 s per test pair on two CPU cores.
     meta = json.loads((data_root / "meta.json").read_text())
     num_test = sum(entry["split"] == "test" for entry in meta["images"])
-    reserve_s = 15.0 + 1.0 * num_test
+    reserve_s = 15.0 + 1.2 * num_test
     train_s = budget_minutes * 60 - (time.monotonic() - start) - reserve_s
     steps = train_within_budget(cfg, train_s, progress)
 
