@@ -71,6 +71,8 @@ def test_modality_experiment_writes_a_table(tmp_path):
     )
     assert fewer["variants"][names[0]]["seeds"][0]["eval"]["proposals"] == 20
     assert (tmp_path / "results.md").read_text().count("|") > 10
+    with pytest.raises(ValueError, match="holds runs of 3 steps, not 5"):
+        run_modality_experiment(tmp_path, seeds=[0], steps=5, variants=names, progress=False)
     with pytest.raises(ValueError, match="unknown variant"):
         run_modality_experiment(tmp_path, seeds=[0], steps=1, variants=["thermal"], progress=False)
     assert set(VARIANTS) >= set(names)

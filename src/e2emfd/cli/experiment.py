@@ -10,6 +10,9 @@ only, and both (E2E-MFD: joint fusion + detection, with GMTA and with a plain lo
 for the same number of steps and several seeds, on the synthetic scenes. Writes
 OUT/results.json and OUT/results.md (AP50 mean and spread per variant). Run it with
 --out demo_out/experiment_modality and `e2emfd demo` shows the table in its report.
+Runs already in OUT are kept (OUT holds one --steps); an interrupted run resumes from its last
+checkpoint; a run scored with other inference settings (key=value overrides such as
+model.detection.num_proposals_test=...) is scored again from its checkpoint.
 """
 
 

@@ -50,10 +50,14 @@ def run_modality_experiment(
         generate_dataset(data_root, num=num_images, seed=0, overwrite=True, progress=progress)
     results_path = out / "results.json"
     results: dict = {"steps": steps, "variants": {}}
-    if results_path.is_file():  # resume: keep the runs already done with the same settings
-        previous = json.loads(results_path.read_text())
-        if previous.get("steps") == steps:
-            results = previous
+    if results_path.is_file():  # resume: keep the runs already done
+        results = json.loads(results_path.read_text())
+        if results.get("steps") != steps:
+            # its run folders would resume the other length's checkpoints
+            raise ValueError(
+                f"{results_path}: holds runs of {results.get('steps')} steps, not {steps}; "
+                "use another --out"
+            )
     conditions = _conditions(data_root)
     base_cfg = demo_config(data_root, out / "runs", list(overrides))
     eval_settings = _eval_settings(base_cfg)
