@@ -34,7 +34,7 @@ VARIANTS: dict[str, list[str]] = {
 def run_modality_experiment(
     out: str | Path,
     seeds: list[int] = (0, 1),
-    steps: int = 1000,
+    steps: int = 2000,
     num_images: int = 400,
     variants: list[str] | None = None,
     overrides: list[str] = (),
