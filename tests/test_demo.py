@@ -53,7 +53,7 @@ def test_modality_experiment_writes_a_table(tmp_path):
     results_path = tmp_path / "results.json"
     old = json.loads(results_path.read_text())
     first = old["variants"][names[0]]["seeds"][0]
-    assert first["eval"]["proposals"] == 500 and first["eval"]["seed"] == 0
+    assert first["eval"]["num_proposals_test"] == 500 and first["eval"]["seed"] == 0
     del first["AP50_by_condition"], first["eval"]
     results_path.write_text(json.dumps(old))
     again = run_modality_experiment(
@@ -69,7 +69,7 @@ def test_modality_experiment_writes_a_table(tmp_path):
         overrides=["model.detection.num_proposals_test=20"],
         progress=False,
     )
-    assert fewer["variants"][names[0]]["seeds"][0]["eval"]["proposals"] == 20
+    assert fewer["variants"][names[0]]["seeds"][0]["eval"]["num_proposals_test"] == 20
     assert (tmp_path / "results.md").read_text().count("|") > 10
     with pytest.raises(ValueError, match="holds runs of 3 steps, not 5"):
         run_modality_experiment(tmp_path, seeds=[0], steps=5, variants=names, progress=False)

@@ -16,7 +16,11 @@ import torch
 from e2emfd.data import build_dataset, build_transforms
 from e2emfd.data.synth import generate_dataset
 from e2emfd.demo.config import demo_config
-from e2emfd.engine.checkpoint import load_model_for_inference
+from e2emfd.engine.checkpoint import (
+    apply_inference_settings,
+    inference_settings,
+    load_model_for_inference,
+)
 from e2emfd.engine.evaluate import evaluate
 from e2emfd.engine.trainer import train
 
@@ -110,11 +114,13 @@ def _conditions(data_root: Path) -> dict[str, str]:
     return {entry["id"]: entry["condition"] for entry in meta["images"]}
 
 
+EVAL_SEED = 0  # of the detector's random starting boxes
+
+
 def _eval_settings(cfg) -> dict:
-    """What a test score depends on besides the checkpoint: the detector's inference knobs
-    and the seed of its random starting boxes."""
-    det = cfg.model.detection
-    return {"seed": 0, "proposals": det.num_proposals_test, "sampling_steps": det.sampling_steps}
+    """What a test score depends on besides the checkpoint: the detector's inference-only
+    settings and the seed of its random starting boxes."""
+    return {"seed": EVAL_SEED, **inference_settings(cfg)}
 
 
 def _evaluate_run(checkpoint: Path, cfg, conditions: dict[str, str]) -> dict:
@@ -122,8 +128,7 @@ def _evaluate_run(checkpoint: Path, cfg, conditions: dict[str, str]) -> dict:
     inference settings of ``cfg`` (not those the run was trained with)."""
     model, saved_cfg = load_model_for_inference(checkpoint)
     settings = _eval_settings(cfg)
-    model.detector.cfg.sampling_steps = settings["sampling_steps"]
-    model.detector.cfg.num_proposals_test = settings["proposals"]
+    apply_inference_settings(model, inference_settings(cfg))
     test_set = build_dataset(
         saved_cfg.data, saved_cfg.data.test_split, build_transforms(saved_cfg.data, train=False)
     )

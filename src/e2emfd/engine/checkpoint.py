@@ -80,6 +80,21 @@ INFERENCE_ONLY_KEYS = frozenset(
 )
 
 
+def inference_settings(cfg: Config) -> dict[str, Any]:
+    """The inference-only detection settings of a config, by short name."""
+    det = cfg.model.detection
+    return {
+        key.rsplit(".", 1)[1]: getattr(det, key.rsplit(".", 1)[1])
+        for key in sorted(INFERENCE_ONLY_KEYS)
+    }
+
+
+def apply_inference_settings(model: torch.nn.Module, settings: dict[str, Any]) -> None:
+    """Set inference-only detection settings on a built model (its weights are unchanged)."""
+    for name, value in settings.items():
+        setattr(model.detector.cfg, name, value)
+
+
 def config_mismatches(saved: dict, current: Config, section: str = "model") -> list[str]:
     """Keys of ``section`` whose values differ between a checkpoint and the current run
     (inference-only detection settings excepted)."""
