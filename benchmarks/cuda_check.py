@@ -8,6 +8,8 @@
    detections above score 0.5 (--score; same count, labels, boxes within IoU 0.9). Needs trained
    weights (--weights) for there to be confident detections; without them only the
    pixels are compared.
+3. Inference replayed from a CUDA graph (e2emfd.engine.graphed) vs the eager model, bf16,
+   same starting boxes: fused pixels and the same detections above --score.
 Prints one table.
 """
 
@@ -24,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import device_name, print_table  # noqa: E402
 from e2emfd.config import config_from_dict, load_config  # noqa: E402
 from e2emfd.demo.config import DEMO_OVERRIDES  # noqa: E402
+from e2emfd.engine.graphed import GraphedInference  # noqa: E402
 from e2emfd.models import build_model  # noqa: E402
 from train_step import synthetic_batch  # noqa: E402
 
@@ -157,22 +160,45 @@ def main() -> None:
         ]
     )
     if ref["detections"] is not None:
-        same, total = 0, 0
-        for a, b in zip(ref["detections"], low["detections"]):
-            ka, kb = a["scores"] > args.score, b["scores"] > args.score
-            total += int(ka.sum())
-            if ka.sum() == kb.sum() and ka.any():
-                iou = box_iou(a["boxes"][ka].float(), b["boxes"][kb].float())
-                best, idx = iou.max(1)
-                same += int(((best > 0.9) & (a["labels"][ka] == b["labels"][kb][idx])).sum())
-        ok = same == total
+        same, total = _matched(ref["detections"], low["detections"], args.score)
         rows.append(
             [
                 "bf16 vs fp32 (CUDA)",
                 f"detections > {args.score:g} matched (IoU>0.9, label)",
                 f"{same}/{total}",
                 "all",
-                _ok(ok and total > 0) if args.weights else "n/a (untrained)",
+                _ok(same == total > 0) if args.weights else "n/a (untrained)",
+            ]
+        )
+
+    # 3. the CUDA-graph replay vs the eager model (bf16), same starting boxes
+    runner = GraphedInference(model_gpu, args.batch, height, width)
+    noise = None
+    if model_gpu.detector is not None:
+        torch.manual_seed(0)  # as run(): the eager head's first draw is its noise
+        shape = (args.batch, runner.num_proposals, model_gpu.detector.box_dim)
+        noise = torch.randn(shape, device=cuda)
+    graphed = runner(batch["vis"], batch["ir"], noise=noise)
+    graphed = runner(batch["vis"], batch["ir"], noise=noise)  # a replay, not the capture
+    pix = (graphed["fused_rgb"].float() - low["fused_rgb"].float()).abs().max().item()
+    rows.append(
+        [
+            "CUDA graph vs eager (bf16)",
+            "fused pixels, max |diff|",
+            f"{pix:.2e}",
+            "<= 1e-3",
+            _ok(pix <= 1e-3),
+        ]
+    )
+    if noise is not None:
+        same, total = _matched(low["detections"], graphed["detections"], args.score)
+        rows.append(
+            [
+                "CUDA graph vs eager (bf16)",
+                f"detections > {args.score:g} matched (IoU>0.9, label)",
+                f"{same}/{total}",
+                "all",
+                _ok(same == total > 0) if args.weights else "n/a (untrained)",
             ]
         )
     print(
@@ -190,6 +216,20 @@ def save_batch(root: str, path: str, count: int, split: str = "test") -> None:
     batch = collate_pairs([dataset[i] for i in range(count)])
     torch.save({"vis": batch["vis"], "ir": batch["ir"]}, path)
     print(f"saved {count} pairs {tuple(batch['vis'].shape)} to {path}")
+
+
+def _matched(reference: list[dict], other: list[dict], score: float) -> tuple[int, int]:
+    """How many of the reference detections above ``score`` have a partner in ``other``
+    (same count per image, IoU > 0.9, same label), and how many there are."""
+    same, total = 0, 0
+    for a, b in zip(reference, other):
+        ka, kb = a["scores"] > score, b["scores"] > score
+        total += int(ka.sum())
+        if ka.sum() == kb.sum() and ka.any():
+            iou = box_iou(a["boxes"][ka].float(), b["boxes"][kb].float())
+            best, idx = iou.max(1)
+            same += int(((best > 0.9) & (a["labels"][ka] == b["labels"][kb][idx])).sum())
+    return same, total
 
 
 def _ok(flag: bool) -> str:

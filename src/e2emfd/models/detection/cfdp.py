@@ -19,6 +19,7 @@ from e2emfd.config import DetectionConfig
 from e2emfd.losses.detection import SetCriterion
 
 from .boxes import (
+    BOX_DIM,
     boxes_to_signal,
     image_whwh,
     normalize_boxes,
@@ -114,6 +115,13 @@ class CFDPHead(nn.Module):
 
     # ------------------------------------------------------------------------------------
 
+    box_dim = BOX_DIM
+
+    @staticmethod
+    def box_scale(image_sizes: Tensor) -> Tensor:
+        """(B, 2) ``[h, w]`` -> (B, 4) ``[w, h, w, h]``: what box signals are relative to."""
+        return image_whwh(image_sizes)
+
     def refine(
         self, features: list[Tensor], boxes: Tensor, t: Tensor
     ) -> tuple[list[Tensor], list[Tensor]]:
@@ -123,6 +131,8 @@ class CFDPHead(nn.Module):
         Boxes are detached between stages; proposal features are passed on.
         """
         time_emb = self.time_mlp(t)
+        # RoIAlign samples float32 maps: cast the pyramid once here, not once per stage
+        features = [f.float() for f in features]
         all_logits, all_boxes = [], []
         pro_features = None
         for stage in self.stages:
@@ -155,7 +165,7 @@ class CFDPHead(nn.Module):
         """
         feats = [features[name] for name in self.feature_names]
         device = feats[0].device
-        whwh = image_whwh(torch.as_tensor(image_sizes).to(device))
+        whwh = self.box_scale(torch.as_tensor(image_sizes).to(device))
         if self.training and targets is not None:
             if len(targets) != whwh.shape[0]:
                 raise ValueError(f"{len(targets)} targets for a batch of {whwh.shape[0]}")
@@ -201,9 +211,21 @@ class CFDPHead(nn.Module):
         self, features: list[Tensor], whwh: Tensor, num_proposals: int, steps: int
     ) -> list[dict[str, Tensor]]:
         """DDIM from Gaussian noise boxes, then NMS; ``whwh`` is (B, 4). See :meth:`forward`."""
+        noise = torch.randn(whwh.shape[0], num_proposals, BOX_DIM, device=whwh.device)
+        return self.select(self.candidates(features, whwh, noise, steps), whwh)
+
+    @torch.no_grad()
+    def candidates(
+        self, features: list[Tensor], whwh: Tensor, noise: Tensor, steps: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The DDIM loop from the box signal ``noise`` (B, N, 4): scores (B, K), labels
+        (B, K) and pixel boxes (B, K, 4) of the best (proposal, class) pairs, before NMS.
+
+        Fixed shapes and no host synchronisation, so a CUDA graph can capture it.
+        """
         cfg, scale = self.cfg, self.cfg.signal_scale
-        b = whwh.shape[0]
-        x = torch.randn(b, num_proposals, 4, device=whwh.device)
+        b, num_proposals = noise.shape[:2]
+        x = noise
         candidates = []
         for t, t_next in ddim_timesteps(cfg.timesteps, steps):
             tt = torch.full((b,), t, device=whwh.device, dtype=torch.long)
@@ -224,10 +246,15 @@ class CFDPHead(nn.Module):
         if not (cfg.use_ensemble and steps > 1):
             candidates = candidates[-1:]
         scores, labels, boxes = (torch.cat(parts, dim=1) for parts in zip(*candidates))
+        return scores, labels, boxes
+
+    def select(
+        self, candidates: tuple[Tensor, Tensor, Tensor], whwh: Tensor
+    ) -> list[dict[str, Tensor]]:
+        """NMS and the per-image detections of :meth:`candidates`' output."""
+        cfg = self.cfg
         return select_detections(
-            scores,
-            labels,
-            boxes,
+            *candidates,
             whwh,
             self.num_classes,
             nms_threshold=cfg.nms_threshold,

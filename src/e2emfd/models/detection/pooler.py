@@ -61,8 +61,10 @@ class MultiLevelRoIAlign(nn.Module):
         """
         b, n = boxes.shape[:2]
         flat = boxes.reshape(b * n, 4).float()
-        batch_idx = torch.arange(b, device=boxes.device, dtype=flat.dtype).repeat_interleave(n)
-        rois = torch.cat([batch_idx[:, None], flat], dim=1)
+        # expand, not repeat_interleave: its int form may build the counts on the host,
+        # which a CUDA graph capture does not allow
+        batch_idx = torch.arange(b, device=boxes.device, dtype=flat.dtype)[:, None].expand(b, n)
+        rois = torch.cat([batch_idx.reshape(-1, 1), flat], dim=1)
         levels = assign_levels(flat, self.strides, self.canonical_size, self.canonical_level)
         if boxes.is_cuda and not torch.is_grad_enabled():
             return self._pool_all_levels(features, rois, levels)

@@ -199,12 +199,21 @@ class RotatedCFDPHead(nn.Module):
         for stage in self.stages:
             nn.init.constant_(stage.class_logits.bias, bias)
 
+    box_dim = BOX_DIM
+
+    @staticmethod
+    def box_scale(image_sizes: Tensor) -> Tensor:
+        """(B, 2) ``[h, w]`` -> (B, 4) ``[W, H, D, D]``: what box signals are relative to."""
+        return image_scale(image_sizes)
+
     def refine(
         self, features: list[Tensor], boxes: Tensor, t: Tensor
     ) -> tuple[list[Tensor], list[Tensor]]:
         """Run the cascade on proposals (B, N, 5) at timesteps t (B,); per stage the class
         logits (B, N, C) and refined boxes (B, N, 5), boxes detached between stages."""
         time_emb = self.time_mlp(t)
+        # RoIAlign samples float32 maps: cast the pyramid once here, not once per stage
+        features = [f.float() for f in features]
         all_logits, all_boxes = [], []
         pro_features = None
         for stage in self.stages:
@@ -233,7 +242,7 @@ class RotatedCFDPHead(nn.Module):
         """
         feats = [features[name] for name in self.feature_names]
         device = feats[0].device
-        scale = image_scale(torch.as_tensor(image_sizes).to(device))
+        scale = self.box_scale(torch.as_tensor(image_sizes).to(device))
         if self.training and targets is not None:
             if len(targets) != scale.shape[0]:
                 raise ValueError(f"{len(targets)} targets for a batch of {scale.shape[0]}")
@@ -275,9 +284,19 @@ class RotatedCFDPHead(nn.Module):
         self, features: list[Tensor], scale: Tensor, num_proposals: int, steps: int
     ) -> list[dict[str, Tensor]]:
         """DDIM from Gaussian noise boxes, then rotated NMS; ``scale`` is (B, 4)."""
+        noise = torch.randn(scale.shape[0], num_proposals, BOX_DIM, device=scale.device)
+        return self.select(self.candidates(features, scale, noise, steps), scale)
+
+    @torch.no_grad()
+    def candidates(
+        self, features: list[Tensor], scale: Tensor, noise: Tensor, steps: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The DDIM loop from the box signal ``noise`` (B, N, 5): scores, labels and le90
+        boxes of the best (proposal, class) pairs before NMS; fixed shapes, no host
+        synchronisation (CUDA-graph capturable)."""
         cfg, s = self.cfg, self.cfg.signal_scale
-        b = scale.shape[0]
-        x = torch.randn(b, num_proposals, BOX_DIM, device=scale.device)
+        b, num_proposals = noise.shape[:2]
+        x = noise
         candidates = []
         for t, t_next in ddim_timesteps(cfg.timesteps, steps):
             tt = torch.full((b,), t, device=scale.device, dtype=torch.long)
@@ -296,10 +315,15 @@ class RotatedCFDPHead(nn.Module):
         if not (cfg.use_ensemble and steps > 1):
             candidates = candidates[-1:]
         scores, labels, boxes = (torch.cat(parts, dim=1) for parts in zip(*candidates))
+        return scores, labels, boxes
+
+    def select(
+        self, candidates: tuple[Tensor, Tensor, Tensor], scale: Tensor
+    ) -> list[dict[str, Tensor]]:
+        """Rotated NMS and the per-image detections of :meth:`candidates`' output."""
+        cfg = self.cfg
         return select_rotated_detections(
-            scores,
-            labels,
-            boxes,
+            *candidates,
             scale[:, :2],
             nms_threshold=cfg.nms_threshold,
             max_detections=cfg.max_detections,

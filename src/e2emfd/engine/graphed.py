@@ -1,0 +1,149 @@
+"""Fixed-shape inference replayed from one CUDA graph.
+
+At batch 1 the eager forward pass is bound by the host: it launches some 1,500 small
+kernels and the GPU idles between them (see benchmarks/RESULTS.md). The network up to
+NMS has fixed shapes and no host synchronisation (the RoI pooler and the DDIM loop are
+written for that), so it can be captured once and replayed with one launch. NMS, whose
+output size depends on the data, runs eagerly on the captured candidates.
+
+    runner = GraphedInference(model, batch_size=1, height=768, width=1024)
+    out = runner(vis, ir)        # same keys as model(batch) in eval mode
+
+A runner serves one input size and batch size; build one per size (each holds its own
+copy of the activations). Images of another size are an error, not a silent re-capture.
+On CPU, which has no graphs, the runner runs the same forward eagerly on every call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from e2emfd.models.color import restore_color
+from e2emfd.models.e2emfd import E2EMFD
+
+
+class GraphedInference:
+    """Inference of ``model`` on (batch_size, 3|1, height, width) CUDA tensors in [0, 1].
+
+    Args:
+        model: an E2E-MFD model (on CUDA for a graph); it is put in eval mode.
+        batch_size, height, width: the input shape this runner serves; the images are
+            zero-padded to multiples of 32 inside (as ``model.fuse``/``model.detect`` do).
+        fusion / detection: which heads to run (both by default, where the model has them):
+            ``fusion=False`` is detection-only inference, ``detection=False`` fusion-only.
+        bf16: run under bf16 autocast (as training and evaluation do on CUDA).
+        num_proposals / sampling_steps: inference settings of the detection head (default:
+            the model's config); fixed once captured.
+        warmup: eager passes on a side stream before capture (cuDNN picks its algorithms,
+            lazy initialisations happen, ``torch.compile``d parts compile).
+    """
+
+    def __init__(
+        self,
+        model: E2EMFD,
+        batch_size: int,
+        height: int,
+        width: int,
+        *,
+        fusion: bool = True,
+        detection: bool = True,
+        bf16: bool = True,
+        num_proposals: int | None = None,
+        sampling_steps: int | None = None,
+        warmup: int = 3,
+    ) -> None:
+        device = next(model.parameters()).device
+        self.fusion = fusion and model.fusion is not None
+        self.detection = detection and model.detector is not None
+        if not (self.fusion or self.detection):
+            raise ValueError("nothing to run: the model has neither of the requested heads")
+        self.model = model.eval()
+        self.bf16 = bf16 and device.type == "cuda"
+        self.shape = (batch_size, height, width)
+        padded = (math.ceil(height / 32) * 32, math.ceil(width / 32) * 32)
+        # static inputs: the graph reads these addresses; __call__ copies new images in
+        self._vis = torch.zeros(batch_size, 3, *padded, device=device)
+        self._ir = torch.zeros(batch_size, 1, *padded, device=device)
+        self._outputs: dict[str, Tensor] = {}
+        if self.detection:
+            det = model.detector.cfg
+            self.num_proposals = num_proposals or det.num_proposals_test or det.num_proposals
+            self.sampling_steps = sampling_steps or det.sampling_steps
+            sizes = torch.tensor([[height, width]] * batch_size, device=device)
+            self._scale = model.detector.box_scale(sizes)
+            self._noise = torch.zeros(
+                batch_size, self.num_proposals, model.detector.box_dim, device=device
+            )
+
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if device.type != "cuda":
+            return
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._forward()
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._outputs = self._forward()
+
+    def _forward(self) -> dict[str, Tensor]:
+        model = self.model
+        out: dict[str, Tensor] = {}
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
+        with torch.no_grad(), autocast:
+            vis, ir = model._layout(self._vis, self._ir)
+            features = model.backbone(vis, ir)
+            if self.fusion:
+                fused = model.fusion(features, vis, ir)["fused"]
+                out["fused"] = fused
+                out["fused_rgb"] = restore_color(fused, vis.float(), model.cfg.fusion.color)
+            if self.detection:
+                head = model.detector
+                feats = [features[name] for name in head.feature_names]
+                scores, labels, boxes = head.candidates(
+                    feats, self._scale, self._noise, self.sampling_steps
+                )
+                out.update(scores=scores, labels=labels, boxes=boxes)
+        return out
+
+    def __call__(self, vis: Tensor, ir: Tensor, noise: Tensor | None = None) -> dict:
+        """vis (B, 3, H, W) and ir (B, 1, H, W) in [0, 1] on the model's device, at the
+        runner's shape.
+
+        ``noise``: the starting box signals (B, N, box_dim); default fresh Gaussian noise
+        from the global generator, drawn as the eager head draws it.
+
+        Returns ``{"fused", "fused_rgb", "detections"}`` like the eager model (a head that
+        was not run gives None), in the unpadded frame; the tensors are the caller's own.
+        """
+        b, h, w = self.shape
+        if vis.shape[0] != b or vis.shape[-2:] != (h, w) or ir.shape[-2:] != (h, w):
+            raise ValueError(
+                f"this CUDA-graph runner serves batches of {b} images of {h}x{w}, got "
+                f"visible {tuple(vis.shape)} and infrared {tuple(ir.shape)}; build a runner "
+                "for that shape"
+            )
+        self._vis[..., :h, :w].copy_(vis)
+        self._ir[..., :h, :w].copy_(ir)
+        if self.detection:
+            if noise is None:
+                self._noise.normal_()
+            else:
+                self._noise.copy_(noise)
+        if self.graph is None:
+            self._outputs = self._forward()
+        else:
+            self.graph.replay()
+        out: dict = {"fused": None, "fused_rgb": None, "detections": None}
+        if self.fusion:
+            out["fused"] = self._outputs["fused"][..., :h, :w].clone()
+            out["fused_rgb"] = self._outputs["fused_rgb"][..., :h, :w].clone()
+        if self.detection:
+            candidates = tuple(self._outputs[k] for k in ("scores", "labels", "boxes"))
+            out["detections"] = self.model.detector.select(candidates, self._scale)
+        return out
