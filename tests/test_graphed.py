@@ -29,13 +29,16 @@ def _images(seed=3):
 
 @pytest.mark.parametrize("boxes", ["hbb", "obb"])
 def test_runner_matches_fuse_and_detect(boxes):
-    extra = ["model.detection.boxes=obb", "model.detection.num_classes=3"] if boxes == "obb" else []
+    # 3 DDIM steps with box renewal and the ensemble: the renewal draws are inputs too
+    extra = ["model.detection.sampling_steps=3", "model.detection.box_renewal=true"]
+    if boxes == "obb":
+        extra += ["model.detection.boxes=obb", "model.detection.num_classes=3"]
     model = _model(*extra)
     vis, ir = _images()
     runner = GraphedInference(model, B, H, W)
     n, dim = runner.num_proposals, model.detector.box_dim
     torch.manual_seed(11)
-    noise = torch.randn(B, n, dim)
+    noise = torch.randn(3, B, n, dim)
     out = runner(vis, ir, noise=noise)
     torch.manual_seed(11)  # detect draws the same starting boxes from the same seed
     expected = model.detect(vis, ir)

@@ -75,7 +75,11 @@ class GraphedInference:
             sizes = torch.tensor([[height, width]] * batch_size, device=device)
             self._scale = model.detector.box_scale(sizes)
             self._noise = torch.zeros(
-                batch_size, self.num_proposals, model.detector.box_dim, device=device
+                self.sampling_steps,
+                batch_size,
+                self.num_proposals,
+                model.detector.box_dim,
+                device=device,
             )
 
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -105,9 +109,7 @@ class GraphedInference:
             if self.detection:
                 head = model.detector
                 feats = [features[name] for name in head.feature_names]
-                scores, labels, boxes = head.candidates(
-                    feats, self._scale, self._noise, self.sampling_steps
-                )
+                scores, labels, boxes = head.candidates(feats, self._scale, self._noise)
                 out.update(scores=scores, labels=labels, boxes=boxes)
         return out
 
@@ -115,8 +117,9 @@ class GraphedInference:
         """vis (B, 3, H, W) and ir (B, 1, H, W) in [0, 1] on the model's device, at the
         runner's shape.
 
-        ``noise``: the starting box signals (B, N, box_dim); default fresh Gaussian noise
-        from the global generator, drawn as the eager head draws it.
+        ``noise``: every random draw of the DDIM loop, (steps, B, N, box_dim) (see the
+        head's ``candidates``); default fresh Gaussian noise from the global generator,
+        drawn as the eager head draws it, so the same seed gives the same detections.
 
         Returns ``{"fused", "fused_rgb", "detections"}`` like the eager model (a head that
         was not run gives None), in the unpadded frame; the tensors are the caller's own.

@@ -172,7 +172,13 @@ class ORPPTHead(nn.Module):
         pixels = self.pixel_proj(self.pixel(x0))
         regions = self.regions_at(features, size)
         gated = pixels if regions is None else pixels * hsigmoid(self.gate(regions)) + pixels
-        weights = torch.sigmoid(self.decoder(gated).float())
+        hidden = self.decoder[:-1](gated)
+        # The weight logits in float32 even under autocast: bf16 rounding of the logits
+        # alone moves fused pixels by up to ~4e-3 (one bf16 step at |logit| 2-4).
+        last = self.decoder[-1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = F.conv2d(hidden.float(), last.weight.float(), last.bias.float())
+        weights = torch.sigmoid(logits)
         w_ir, w_vis = weights[:, :1], weights[:, 1:]
         lum = luminance(vis.float(), self.color)
         fused = (w_ir * ir.float() + w_vis * lum).clamp(0.0, 1.0)

@@ -91,8 +91,9 @@ def apply_deltas(
     boxes = boxes.float()
     sizes = boxes[..., 2:] - boxes[..., :2]
     centres = boxes[..., :2] + 0.5 * sizes
-    w = deltas.new_tensor(weights)
-    d = deltas / w
+    # Python-scalar weights per component: a weight tensor would be a host-to-device copy
+    # on every call, which a CUDA graph capture does not allow
+    d = torch.stack([c / w for c, w in zip(deltas.unbind(-1), weights)], dim=-1)
     new_centres = centres + d[..., :2] * sizes
     new_sizes = torch.exp(d[..., 2:].clamp(max=scale_clamp)) * sizes
     return torch.cat([new_centres - 0.5 * new_sizes, new_centres + 0.5 * new_sizes], dim=-1)

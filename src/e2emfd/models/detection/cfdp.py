@@ -211,23 +211,26 @@ class CFDPHead(nn.Module):
         self, features: list[Tensor], whwh: Tensor, num_proposals: int, steps: int
     ) -> list[dict[str, Tensor]]:
         """DDIM from Gaussian noise boxes, then NMS; ``whwh`` is (B, 4). See :meth:`forward`."""
-        noise = torch.randn(whwh.shape[0], num_proposals, BOX_DIM, device=whwh.device)
-        return self.select(self.candidates(features, whwh, noise, steps), whwh)
+        noise = torch.randn(steps, whwh.shape[0], num_proposals, BOX_DIM, device=whwh.device)
+        return self.select(self.candidates(features, whwh, noise), whwh)
 
     @torch.no_grad()
     def candidates(
-        self, features: list[Tensor], whwh: Tensor, noise: Tensor, steps: int
+        self, features: list[Tensor], whwh: Tensor, noise: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The DDIM loop from the box signal ``noise`` (B, N, 4): scores (B, K), labels
-        (B, K) and pixel boxes (B, K, 4) of the best (proposal, class) pairs, before NMS.
+        """The DDIM loop: scores (B, K), labels (B, K) and pixel boxes (B, K, 4) of the best
+        (proposal, class) pairs, before NMS.
 
-        Fixed shapes and no host synchronisation, so a CUDA graph can capture it.
+        ``noise`` (S, B, N, 4) holds every random draw of S DDIM steps: the starting box
+        signals, then the fresh boxes of each renewal. With the randomness an input, the
+        loop has fixed shapes, no host synchronisation and no generator state, so a CUDA
+        graph can capture it and replay it with the same result as the eager loop.
         """
         cfg, scale = self.cfg, self.cfg.signal_scale
-        b, num_proposals = noise.shape[:2]
-        x = noise
+        steps, b, num_proposals = noise.shape[:3]
+        x = noise[0]
         candidates = []
-        for t, t_next in ddim_timesteps(cfg.timesteps, steps):
+        for step, (t, t_next) in enumerate(ddim_timesteps(cfg.timesteps, steps)):
             tt = torch.full((b,), t, device=whwh.device, dtype=torch.long)
             logits, boxes = self.refine(features, signal_to_boxes(x, whwh[:, None], scale), tt)
             logits, boxes = logits[-1], boxes[-1]
@@ -241,7 +244,7 @@ class CFDPHead(nn.Module):
                 # proposals that found nothing restart from fresh noise (in place, so every
                 # image keeps N proposals and the batch stays rectangular)
                 keep = logits.float().sigmoid().amax(-1) > self.renewal_threshold
-                x_next = torch.where(keep[..., None], x_next, torch.randn_like(x_next))
+                x_next = torch.where(keep[..., None], x_next, noise[step + 1])
             x = x_next
         if not (cfg.use_ensemble and steps > 1):
             candidates = candidates[-1:]

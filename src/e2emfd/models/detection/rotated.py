@@ -284,21 +284,22 @@ class RotatedCFDPHead(nn.Module):
         self, features: list[Tensor], scale: Tensor, num_proposals: int, steps: int
     ) -> list[dict[str, Tensor]]:
         """DDIM from Gaussian noise boxes, then rotated NMS; ``scale`` is (B, 4)."""
-        noise = torch.randn(scale.shape[0], num_proposals, BOX_DIM, device=scale.device)
-        return self.select(self.candidates(features, scale, noise, steps), scale)
+        noise = torch.randn(steps, scale.shape[0], num_proposals, BOX_DIM, device=scale.device)
+        return self.select(self.candidates(features, scale, noise), scale)
 
     @torch.no_grad()
     def candidates(
-        self, features: list[Tensor], scale: Tensor, noise: Tensor, steps: int
+        self, features: list[Tensor], scale: Tensor, noise: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The DDIM loop from the box signal ``noise`` (B, N, 5): scores, labels and le90
-        boxes of the best (proposal, class) pairs before NMS; fixed shapes, no host
-        synchronisation (CUDA-graph capturable)."""
+        """The DDIM loop: scores, labels and le90 boxes of the best (proposal, class) pairs
+        before NMS; ``noise`` (S, B, N, 5) holds the starting signals and each step's
+        renewal draws (see :meth:`CFDPHead.candidates`), so the loop is CUDA-graph
+        capturable."""
         cfg, s = self.cfg, self.cfg.signal_scale
-        b, num_proposals = noise.shape[:2]
-        x = noise
+        steps, b, num_proposals = noise.shape[:3]
+        x = noise[0]
         candidates = []
-        for t, t_next in ddim_timesteps(cfg.timesteps, steps):
+        for step, (t, t_next) in enumerate(ddim_timesteps(cfg.timesteps, steps)):
             tt = torch.full((b,), t, device=scale.device, dtype=torch.long)
             logits, boxes = self.refine(features, signal_to_obb(x, scale[:, None], s), tt)
             logits, boxes = logits[-1], boxes[-1]
@@ -310,7 +311,7 @@ class RotatedCFDPHead(nn.Module):
             x_next = self.diffusion.ddim_step(x0, eps, t, t_next)
             if cfg.box_renewal:
                 keep = logits.float().sigmoid().amax(-1) > self.renewal_threshold
-                x_next = torch.where(keep[..., None], x_next, torch.randn_like(x_next))
+                x_next = torch.where(keep[..., None], x_next, noise[step + 1])
             x = x_next
         if not (cfg.use_ensemble and steps > 1):
             candidates = candidates[-1:]

@@ -98,7 +98,8 @@ def apply_obb_deltas(
     """
     deltas = deltas.float()
     boxes = boxes.float()
-    d = deltas / deltas.new_tensor(weights)
+    # per-component Python scalars: no host-to-device copy (CUDA-graph capturable)
+    d = torch.stack([c / w for c, w in zip(deltas.unbind(-1), weights)], dim=-1)
     cx, cy, w, h, a = boxes.unbind(-1)
     c, s = torch.cos(a), torch.sin(a)
     du, dv = d[..., 0] * w, d[..., 1] * h
