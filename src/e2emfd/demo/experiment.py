@@ -115,12 +115,15 @@ def _conditions(data_root: Path) -> dict[str, str]:
 
 
 EVAL_SEED = 0  # of the detector's random starting boxes
+# How the sampler turns that seed into boxes; a change makes every stored score stale.
+# 2: all DDIM draws (start and renewals) taken at once, as one (steps, B, N, 4) tensor.
+NOISE_LAYOUT = 2
 
 
 def _eval_settings(cfg) -> dict:
     """What a test score depends on besides the checkpoint: the detector's inference-only
-    settings and the seed of its random starting boxes."""
-    return {"seed": EVAL_SEED, **inference_settings(cfg)}
+    settings, the seed of its random starting boxes and how they are drawn."""
+    return {"seed": EVAL_SEED, "noise_layout": NOISE_LAYOUT, **inference_settings(cfg)}
 
 
 def _evaluate_run(checkpoint: Path, cfg, conditions: dict[str, str]) -> dict:
