@@ -11,7 +11,8 @@ output size depends on the data, runs eagerly on the captured candidates.
 
 A runner serves one input size and batch size; build one per size (each holds its own
 copy of the activations). Images of another size are an error, not a silent re-capture.
-On CPU, which has no graphs, the runner runs the same forward eagerly on every call.
+With ``graph=False``, and always on CPU (which has no graphs), the runner runs the same
+forward eagerly on every call: one backbone pass for both heads, as ``model(batch)``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class GraphedInference:
             the model's config); fixed once captured.
         warmup: eager passes on a side stream before capture (cuDNN picks its algorithms,
             lazy initialisations happen, ``torch.compile``d parts compile).
+        graph: capture a CUDA graph (on CUDA); False runs eagerly.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class GraphedInference:
         num_proposals: int | None = None,
         sampling_steps: int | None = None,
         warmup: int = 3,
+        graph: bool = True,
     ) -> None:
         device = next(model.parameters()).device
         self.fusion = fusion and model.fusion is not None
@@ -83,7 +86,7 @@ class GraphedInference:
             )
 
         self.graph: torch.cuda.CUDAGraph | None = None
-        if device.type != "cuda":
+        if device.type != "cuda" or not graph:
             return
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
