@@ -108,6 +108,42 @@ def test_concurrent_experiment_processes_keep_each_others_runs(tmp_path):
     assert on_disk["infrared only"]["AP50_mean"] == pytest.approx(0.7)
 
 
+def test_experiment_process_does_not_overwrite_a_seed_another_process_rescored(
+    tmp_path, monkeypatch
+):
+    """Process B trains seed 1 while process A rescores seed 0 of the same variant: B must
+    record seed 1 only, not write back its stale copy of seed 0."""
+    from types import SimpleNamespace
+
+    from e2emfd.demo import experiment
+
+    out = tmp_path / "exp"
+    (out / "data").mkdir(parents=True)
+    (out / "data" / "meta.json").write_text(json.dumps({"images": []}))
+    name = "visible only"
+    stale = {"seed": 0, "AP50": 0.1, "AP": 0.1, "per_class_AP50": {}, "eval": {"old": 1}}
+    (out / "results.json").write_text(
+        json.dumps({"steps": 5, "variants": {name: {"seeds": [stale]}}})
+    )
+    rescored = {**stale, "AP50": 0.6, "eval": {"new": 1}}
+
+    def train_seed_1(cfg, progress, resume):
+        # meanwhile, the other process rescores seed 0 and saves it
+        experiment._save(
+            out / "results.json", json.loads((out / "results.json").read_text()), name, [rescored]
+        )
+        return SimpleNamespace(checkpoint=tmp_path / "ckpt.pt")
+
+    def evaluate(checkpoint, cfg, conditions):
+        return {"AP50": 0.4, "AP": 0.2, "per_class_AP50": {}, "AP50_by_condition": {}}
+
+    monkeypatch.setattr(experiment, "train", train_seed_1)
+    monkeypatch.setattr(experiment, "_evaluate_run", evaluate)
+    run_modality_experiment(out, seeds=[1], steps=5, variants=[name], progress=False)
+    seeds = json.loads((out / "results.json").read_text())["variants"][name]["seeds"]
+    assert [(r["seed"], r["AP50"]) for r in seeds] == [(0, 0.6), (1, 0.4)]
+
+
 def test_report_table_of_the_experiment_shows_conditions():
     from e2emfd.demo.pipeline import experiment_table
 

@@ -77,7 +77,7 @@ def run_modality_experiment(
                 # recorded): score it again, so that every row of the table is comparable
                 done[seed].pop("eval_seed", None)  # the record's older form
                 done[seed].update(_evaluate_run(checkpoint, base_cfg, conditions))
-                _save(results_path, results, name, list(done.values()))
+                _save(results_path, results, name, [done[seed]])
                 continue
             cfg = demo_config(
                 data_root,
@@ -96,7 +96,7 @@ def run_modality_experiment(
                 print(
                     f"{name} seed {seed}: AP50 {done[seed]['AP50']:.3f}  AP {done[seed]['AP']:.3f}"
                 )
-            _save(results_path, results, name, list(done.values()))
+            _save(results_path, results, name, [done[seed]])
     results = json.loads(results_path.read_text()) if results_path.is_file() else results
     seeds_used = sorted({r["seed"] for v in results["variants"].values() for r in v["seeds"]})
     results["note"] = (
@@ -160,8 +160,10 @@ def _evaluate_run(checkpoint: Path, cfg, conditions: dict[str, str]) -> dict:
 
 
 def _save(path: Path, results: dict, name: str, runs: list[dict]) -> None:
-    """Record a variant's runs. Other processes may run other variants or seeds into the
-    same file: what is on disk is kept, and this process's runs of ``name`` are added."""
+    """Record the runs (seeds) of variant ``name`` this process has just finished or
+    rescored. Other processes may run other variants or seeds into the same file: what is
+    on disk is kept and only ``runs`` replace their seeds' records (this process's copies
+    of the other seeds may be stale)."""
     if path.is_file():
         on_disk = json.loads(path.read_text())
         if on_disk.get("steps") == results["steps"]:
