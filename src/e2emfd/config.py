@@ -107,6 +107,11 @@ class DetectionConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
 
+    def inference_proposals(self, override: int | None = None) -> int:
+        """Proposals at inference: ``override``, else ``num_proposals_test``, else the
+        training count."""
+        return override or self.num_proposals_test or self.num_proposals
+
 
 @dataclass
 class ModelConfig:

@@ -73,7 +73,7 @@ class GraphedInference:
         self._outputs: dict[str, Tensor] = {}
         if self.detection:
             det = model.detector.cfg
-            self.num_proposals = num_proposals or det.num_proposals_test or det.num_proposals
+            self.num_proposals = det.inference_proposals(num_proposals)
             self.sampling_steps = sampling_steps or det.sampling_steps
             sizes = torch.tensor([[height, width]] * batch_size, device=device)
             self._scale = model.detector.box_scale(sizes)

@@ -172,7 +172,7 @@ class CFDPHead(nn.Module):
             boxes, t = self.diffuse_targets(targets, whwh)
             logits, pred_boxes = self.refine(feats, boxes, t)
             return self.criterion(logits, pred_boxes, targets, whwh)
-        n = num_proposals or self.cfg.num_proposals_test or self.cfg.num_proposals
+        n = self.cfg.inference_proposals(num_proposals)
         return self.sample(feats, whwh, n, sampling_steps or self.cfg.sampling_steps)
 
     def diffuse_targets(

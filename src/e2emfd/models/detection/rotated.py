@@ -249,7 +249,7 @@ class RotatedCFDPHead(nn.Module):
             boxes, t = self.diffuse_targets(targets, scale)
             logits, pred_boxes = self.refine(feats, boxes, t)
             return self.criterion(logits, pred_boxes, targets, scale)
-        n = num_proposals or self.cfg.num_proposals_test or self.cfg.num_proposals
+        n = self.cfg.inference_proposals(num_proposals)
         return self.sample(feats, scale, n, sampling_steps or self.cfg.sampling_steps)
 
     def diffuse_targets(
