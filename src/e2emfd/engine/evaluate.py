@@ -98,9 +98,9 @@ def rotated_scores(predictions: list[dict], ground_truths: list[dict], class_nam
         "AP": r["mAP50_95"],
         "AP50": r["mAP50"],
         "voc07_mAP50": r["mAP50_07"],
-        "per_class_AP50": r["per_class"],
+        "per_class_AP50": r["per_class_AP50"],
         "per_class_AP50_07": r["per_class_07"],
-        "per_class": r["per_class"],
+        "per_class": r["per_class"],  # AP50:95, as coco_evaluate's "per_class"
         "boxes": "obb",
     }
 

@@ -4,6 +4,13 @@ exact polygon IoU of :func:`e2emfd.ops.rotated.rotated_box_iou`.
 Boxes are (K, 5) ``(cx, cy, w, h, angle)`` in pixels (le90 or any equivalent form: the IoU
 only sees the rectangles). DroneVehicle papers report mAP at IoU 0.5 with VOC2007's
 11-point AP (as mmrotate's ``eval_rbbox_map`` does by default).
+
+The matching conventions are :mod:`e2emfd.metrics.voc`'s (inclusive IoU threshold, recall
+points at exactly k/10, stable order on tied scores). The IoU itself is the exact polygon
+overlap in float64 (checked against exact rational arithmetic); mmrotate computes it with
+mmcv's ``box_iou_rotated`` in float32, and the DOTA devkit with its own polygon clipper
+(``polyiou``) after an axis-aligned pre-filter with +1 widths, keeping pairs with IoU
+``> threshold`` only.
 """
 
 from __future__ import annotations
@@ -81,7 +88,9 @@ def evaluate_rotated(
     * ``mAP50_07``: mAP at IoU 0.5, VOC07 11-point (the number papers quote);
     * ``mAP50``: mAP at IoU 0.5, all-point;
     * ``mAP50_95``: all-point AP averaged over IoU 0.50:0.05:0.95;
-    * ``per_class_07`` / ``per_class``: {name: AP50} in each AP convention.
+    * ``per_class_07`` / ``per_class_AP50``: {name: AP50} in each AP convention;
+    * ``per_class``: {name: all-point AP averaged over IoU 0.50:0.05:0.95} (the key
+      :func:`e2emfd.metrics.detection.coco_evaluate` uses for the same quantity).
     """
     _check(predictions, ground_truths, class_names)
     all_point = ap_over_thresholds(
@@ -94,5 +103,6 @@ def evaluate_rotated(
         "mAP50": all_point["per_threshold"][0.5],
         "mAP50_95": all_point["mAP"],
         "per_class_07": voc07["per_class"],
-        "per_class": {name: table[name][0.5] for name in class_names},
+        "per_class_AP50": {name: table[name][0.5] for name in class_names},
+        "per_class": all_point["per_class"],
     }

@@ -1,7 +1,7 @@
 """VOC-style detection AP: greedy matching at an IoU threshold, 11-point or all-point AP.
 
 The matching code never looks at box columns: IoUs come from a pluggable ``iou_fn`` so the
-same code scores axis-aligned boxes (default: :func:`torchvision.ops.box_iou`) and, later,
+same code scores axis-aligned boxes (default: :func:`box_iou_xyxy`) and, later,
 rotated boxes with a polygon IoU. This module also holds the input normalisation shared with
 :mod:`e2emfd.metrics.detection`.
 
@@ -11,6 +11,28 @@ Inputs, one dict per image, in the same order for predictions and ground truths:
 * ground truth: ``boxes`` (N, D), ``labels`` (N,), optional ``difficult`` (N,) bool.
 
 Torch tensors (any device), numpy arrays and nested lists are all accepted.
+
+Conventions, and where the usual reference implementations differ:
+
+* **No +1 on widths**: a box ``[x1, x2]`` is ``x2 - x1`` wide (continuous pixel edges, as
+  COCO and mmdet/mmrotate by default). The Pascal VOC devkit, its Python port in
+  py-faster-rcnn and the DOTA devkit's axis-aligned pre-filter add 1, which raises the IoU
+  of small boxes (two 4x4 boxes 2 px apart: 0.33 here, 0.43 with +1).
+* **IoU >= threshold matches** (inclusive), as the MATLAB VOC devkit and mmdet/mmrotate's
+  ``tpfp_default``. The DOTA devkit and py-faster-rcnn's ``voc_eval`` use ``>``: only an
+  IoU exactly at the threshold differs (rare with float boxes, common with integer ones).
+* **The 11 recall points are exactly k/10**. The DOTA devkit and py-faster-rcnn iterate
+  ``np.arange(0., 1.1, 0.1)`` and mmdet/mmrotate ``np.arange(0, 1 + 1e-3, 0.1)``, whose
+  points include 0.30000000000000004, 0.6000000000000001 and 0.7000000000000001: there a
+  recall of exactly 3/10 misses the 0.3 point.
+* **Tied scores** keep a stable order (image order, then the order within an image); the
+  devkits sort with numpy's default quicksort, so their result on ties is unspecified.
+* **An undefined IoU** (two zero-area boxes, 0 / 0) is no overlap.
+* **A class without non-difficult ground truth** is NaN and left out of the mean (mmdet/
+  mmrotate also leave it out; the DOTA devkit divides by the number of all classes).
+* A detection whose best ground truth is already taken is a false positive (no fallback
+  to the next-best box); one whose best ground truth is difficult is ignored. All three
+  references do the same.
 """
 
 from __future__ import annotations
@@ -21,7 +43,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 
 IouFn = Callable[[torch.Tensor, torch.Tensor], Any]
 
@@ -163,6 +184,20 @@ class _ClassImage:
     difficult: np.ndarray  # (N,)
 
 
+def box_iou_xyxy(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """IoU of xyxy boxes (K, 4) x (N, 4) -> (K, N); 0 where the union is empty.
+
+    :func:`torchvision.ops.box_iou` divides 0 by 0 for two zero-area boxes, and a NaN IoU
+    would pass any threshold test written as ``iou < thr``."""
+    lt = torch.maximum(pred[:, None, :2], gt[None, :, :2])
+    rb = torch.minimum(pred[:, None, 2:], gt[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_p = (pred[:, 2:] - pred[:, :2]).clamp(min=0).prod(-1)
+    area_g = (gt[:, 2:] - gt[:, :2]).clamp(min=0).prod(-1)
+    union = area_p[:, None] + area_g[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-300), torch.zeros_like(union))
+
+
 def _iou_matrix(iou_fn: IouFn, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     k, n = len(pred), len(gt)
     if k == 0 or n == 0:
@@ -170,7 +205,8 @@ def _iou_matrix(iou_fn: IouFn, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     ious = as_numpy(iou_fn(torch.from_numpy(pred), torch.from_numpy(gt))).astype(np.float64)
     if ious.shape != (k, n):
         raise ValueError(f"iou_fn returned shape {tuple(ious.shape)}, expected ({k}, {n})")
-    return ious
+    # an undefined IoU (0 / 0 of two empty boxes) is no overlap
+    return np.nan_to_num(ious, nan=0.0)
 
 
 def _prepare_class(
@@ -253,7 +289,7 @@ def ap_over_thresholds(
     if not thresholds or any(not 0.0 <= t <= 1.0 for t in thresholds):
         raise ValueError(f"thresholds must be a non-empty list in [0, 1], got {thresholds}")
     check_pairing(predictions, ground_truths)
-    iou_fn = box_iou if iou_fn is None else iou_fn
+    iou_fn = box_iou_xyxy if iou_fn is None else iou_fn
     preds = normalize_predictions(predictions, len(class_names))
     gts = normalize_targets(ground_truths, len(class_names))
 
@@ -293,7 +329,7 @@ def voc_evaluate(
         iou_threshold: match threshold, inclusive.
         use_07_metric: VOC2007 11-point AP instead of the all-point area.
         iou_fn: ``iou_fn(pred_boxes (K, D), gt_boxes (N, D)) -> (K, N)`` on float64
-            tensors; default :func:`torchvision.ops.box_iou` (xyxy boxes).
+            tensors; default :func:`box_iou_xyxy` (xyxy boxes).
 
     Returns:
         ``{"mAP": float, "per_class": {name: AP}}``; a class without non-difficult GT gets

@@ -230,13 +230,17 @@ def clip_convex_polygons(subject: Tensor, count: Tensor, clipper: Tensor) -> tup
 
     subject: (P, V, 2), the first ``count`` (P,) vertices valid, either orientation;
     clipper: (P, E, 2), positively oriented (as :func:`obb_to_poly`). Returns the
-    intersections as (P, V + E, 2) vertices and their counts (P,). A convex polygon clipped
-    by one line gains at most one vertex, hence the fixed ``V + E`` buffer.
+    intersections as (P, C, 2) vertices and their counts (P,), C >= V.
+
+    In exact arithmetic a convex polygon clipped by one line gains at most one vertex. In
+    floating point, vertices lying on the line (two equal rectangles written in different
+    forms share their edges) fall on either side by round-off and a step can add more; the
+    buffer therefore grows to whatever a step produces, so no vertex is ever dropped. The
+    extra vertices lie on the clip line, so they do not change the area.
     """
-    n, v = subject.shape[:2]
+    n, cap = subject.shape[:2]
     e_count = clipper.shape[1]
-    cap = v + e_count
-    pts = torch.cat([subject, subject.new_zeros(n, cap - v, 2)], dim=1)
+    pts = subject
     idx = torch.arange(cap, device=subject.device)
     for e in range(e_count):
         p = clipper[:, e, None, :]
@@ -254,9 +258,11 @@ def clip_convex_polygons(subject: Tensor, count: Tensor, clipper: Tensor) -> tup
         cut = pts + t[..., None] * (nxt - pts)
         candidates = torch.stack([pts, cut], dim=2).reshape(n, 2 * cap, 2)
         keep = torch.stack([valid & inside, crossing], dim=2).reshape(n, 2 * cap)
+        count = keep.sum(1)
+        cap = max(cap, int(count.max())) if n else cap
         order = torch.argsort((~keep).to(torch.uint8), dim=1, stable=True)[:, :cap]
         pts = candidates.gather(1, order[..., None].expand(-1, -1, 2))
-        count = keep.sum(1).clamp(max=cap)
+        idx = torch.arange(cap, device=subject.device)
     return pts, count
 
 
@@ -278,7 +284,7 @@ def paired_rotated_box_iou(a: Tensor, b: Tensor) -> Tensor:
     """IoU of paired rotated boxes: a (N, 5), b (N, 5) -> (N,), exact up to float64 rounding.
 
     Differentiable (the clipped polygon's vertices are functions of the box corners). Boxes
-    need ``w, h >= 0``; two empty boxes have IoU 0.
+    need ``w, h >= 0``; a box of zero area has IoU 0 with every box (itself included).
     """
     _check_boxes(a, "boxes a")
     _check_boxes(b, "boxes b")
@@ -295,7 +301,11 @@ def paired_rotated_box_iou(a: Tensor, b: Tensor) -> Tensor:
             for i in range(0, a.shape[0], PAIR_CHUNK)
         ]
     )
-    union = a64[:, 2] * a64[:, 3] + b64[:, 2] * b64[:, 3] - inter
+    area_a, area_b = a64[:, 2] * a64[:, 3], b64[:, 2] * b64[:, 3]
+    # the intersection cannot exceed either box: a zero-size clipper has zero-length edges,
+    # which leave every point of the subject "inside" it
+    inter = torch.minimum(inter, torch.minimum(area_a, area_b))
+    union = area_a + area_b - inter
     iou = torch.where(union > 0, inter / union.clamp(min=1e-300), torch.zeros_like(union))
     return iou.clamp(0, 1).to(dtype)
 
@@ -312,10 +322,14 @@ def paired_rotated_giou(a: Tensor, b: Tensor) -> Tensor:
     a64, b64 = a.double(), b.double()
     areas = a64[:, 2] * a64[:, 3] + b64[:, 2] * b64[:, 3]
     union = areas / (1 + iou)  # from iou = inter / union and union = areas - inter
-    corners = torch.cat([obb_to_poly(a64), obb_to_poly(b64)], dim=1).view(-1, 8, 2)
-    hull = min_area_rect(corners)
+    # corners in a frame centred on a, as for the IoU: far from the origin, the digits of
+    # a small box would go into the coordinates' magnitude
+    shift = torch.cat([a64[:, :2], torch.zeros_like(a64[:, 2:])], dim=1)
+    corners = torch.cat([obb_to_poly(a64 - shift), obb_to_poly(b64 - shift)], dim=1)
+    hull = min_area_rect(corners.view(-1, 8, 2))
     enclosing = (hull[:, 2] * hull[:, 3]).clamp(min=1e-12)
-    giou = iou - (enclosing - union) / enclosing
+    # the enclosing rectangle covers the union; round-off may put it a hair below
+    giou = iou - (enclosing - union).clamp(min=0) / enclosing
     dtype = torch.promote_types(a.dtype, b.dtype)
     return giou.to(dtype if dtype.is_floating_point else torch.float32)
 
