@@ -71,7 +71,7 @@ def test_modality_experiment_writes_a_table(tmp_path):
     )
     assert fewer["variants"][names[0]]["seeds"][0]["eval"]["num_proposals_test"] == 20
     assert (tmp_path / "results.md").read_text().count("|") > 10
-    with pytest.raises(ValueError, match="holds runs of 3 steps, not 5"):
+    with pytest.raises(ValueError, match="holds runs with steps 3, not 5"):
         run_modality_experiment(tmp_path, seeds=[0], steps=5, variants=names, progress=False)
     with pytest.raises(ValueError, match="unknown variant"):
         run_modality_experiment(tmp_path, seeds=[0], steps=1, variants=["thermal"], progress=False)
@@ -113,8 +113,6 @@ def test_experiment_process_does_not_overwrite_a_seed_another_process_rescored(
 ):
     """Process B trains seed 1 while process A rescores seed 0 of the same variant: B must
     record seed 1 only, not write back its stale copy of seed 0."""
-    from types import SimpleNamespace
-
     from e2emfd.demo import experiment
 
     out = tmp_path / "exp"
@@ -127,17 +125,17 @@ def test_experiment_process_does_not_overwrite_a_seed_another_process_rescored(
     )
     rescored = {**stale, "AP50": 0.6, "eval": {"new": 1}}
 
-    def train_seed_1(cfg, progress, resume):
+    def train_seed_1(cfg, processes, resume, progress):
         # meanwhile, the other process rescores seed 0 and saves it
         experiment._save(
             out / "results.json", json.loads((out / "results.json").read_text()), name, [rescored]
         )
-        return SimpleNamespace(checkpoint=tmp_path / "ckpt.pt")
+        return 5
 
-    def evaluate(checkpoint, cfg, conditions):
+    def evaluate(checkpoint, cfg, subset_of):
         return {"AP50": 0.4, "AP": 0.2, "per_class_AP50": {}, "AP50_by_condition": {}}
 
-    monkeypatch.setattr(experiment, "train", train_seed_1)
+    monkeypatch.setattr(experiment, "train_locally", train_seed_1)
     monkeypatch.setattr(experiment, "_evaluate_run", evaluate)
     run_modality_experiment(out, seeds=[1], steps=5, variants=[name], progress=False)
     seeds = json.loads((out / "results.json").read_text())["variants"][name]["seeds"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from e2emfd.demo.pipeline import training_processes
 from e2emfd.engine.distributed import any_rank, run_local_processes
+from e2emfd.engine.local import local_processes
 
 
 def _report(out: str) -> None:
@@ -49,8 +49,8 @@ def test_any_rank_in_one_process_is_the_flag():
 
 
 def test_demo_uses_two_processes_on_two_cores_and_one_on_one():
-    assert training_processes(4, cpus=2) == 2
-    assert training_processes(4, cpus=16) == 2
-    assert training_processes(4, cpus=1) == 1
-    assert training_processes(3, cpus=2) == 1  # an odd batch cannot be halved
+    assert local_processes(4, cpus=2) == 2
+    assert local_processes(4, cpus=16) == 2
+    assert local_processes(4, cpus=1) == 1
+    assert local_processes(3, cpus=2) == 1  # an odd batch cannot be halved
     assert os.environ.get("RANK") is None  # the launcher leaves the parent untouched

@@ -116,6 +116,9 @@ class DetectionConfig:
 @dataclass
 class ModelConfig:
     modality: str = "both"  # both | vis | ir (single-modality baselines)
+    # warm start: a checkpoint (or state dict) whose tensors of the same name and shape
+    # initialise the model before training ("" = none; ignored when resuming)
+    init_from: str = ""
     channels_last: bool = True  # NHWC convolutions: faster on CPU (oneDNN) and CUDA (cuDNN)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -304,7 +307,16 @@ def _load_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
     if path.resolve() in _seen:
         raise ConfigError(f"{path}: _base_ chain loops back to itself")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(values, dict):

@@ -5,14 +5,21 @@ from __future__ import annotations
 import argparse
 
 DESCRIPTION = """\
-modality: train the same CPU-sized detector on the visible image only, the infrared image
-only, and both (E2E-MFD: joint fusion + detection, with GMTA and with a plain loss sum),
-for the same number of steps and several seeds, on the synthetic scenes. Writes
-OUT/results.json and OUT/results.md (AP50 mean and spread per variant). Run it with
---out demo_out/experiment_modality and `e2emfd demo` shows the table in its report.
-Runs already in OUT are kept (OUT holds one --steps); an interrupted run resumes from its last
-checkpoint; a run scored with other inference settings (key=value overrides such as
-model.detection.num_proposals_test=...) is scored again from its checkpoint.
+modality: train the same detector on the visible image only, the infrared image only, and
+both (E2E-MFD: joint fusion + detection, with GMTA and with a plain loss sum), for the same
+number of steps and several seeds, and score each run on the test split: AP50 and AP50:95
+overall, per class and per scene condition (synthetic: day / glare / night / fog; MSRS:
+day / night from the D/N suffix of the ids). Writes OUT/results.json and OUT/results.md.
+
+Without --config: the demo's CPU-sized model on synthetic scenes generated into OUT/data
+(run it with --out demo_out/experiment_modality and `e2emfd demo` shows the table in its
+report). With --config: that config's data, model and recipe, e.g.
+  e2emfd experiment modality --config configs/msrs_cpu.yaml --out runs/msrs_modality
+
+Runs already in OUT are kept (OUT holds one --steps and one --config); an interrupted run
+resumes from its last checkpoint; a run scored with other inference settings (key=value
+overrides such as model.detection.num_proposals_test=...) is scored again from its
+checkpoint. Processes running different --variants or --seeds may share one OUT.
 """
 
 
@@ -25,17 +32,29 @@ def register(subparsers) -> None:
     )
     parser.add_argument("name", choices=["modality"], help="which experiment")
     parser.add_argument("--out", default="demo_out/experiment_modality", help="output folder")
+    parser.add_argument(
+        "--config",
+        help="base config (data, model, recipe); default: the demo model on synthetic scenes",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default 0 1)")
     parser.add_argument(
         "--steps",
         type=int,
         default=2000,
-        help="training steps per run (default 2000: at 1000 the two-input models are still "
-        "far behind; about 17 min per single-image run and 45 min per E2E-MFD run on one "
-        "core)",
+        help="training steps per run (default 2000; on the synthetic scenes at 1000 the "
+        "two-input models are still far behind; about 17 min per single-image run and 45 min "
+        "per E2E-MFD run on one core)",
     )
-    parser.add_argument("--num-images", type=int, default=400)
+    parser.add_argument(
+        "--num-images", type=int, default=400, help="synthetic pairs (without --config)"
+    )
     parser.add_argument("--variants", nargs="+", help="subset of variants (default: all)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="local training processes per run, sharing each batch (DDP over gloo; default 1)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
@@ -52,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         args.variants,
         list(args.overrides),
         not args.no_progress,
+        config=args.config,
+        processes=args.processes,
     )
     print(results_markdown(results))
     return 0

@@ -3,6 +3,7 @@ GMTA within a time budget -> evaluation against classical fusion -> an HTML repo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -16,10 +17,10 @@ from e2emfd.data.synth import generate_dataset
 from e2emfd.demo import report
 from e2emfd.demo.config import demo_config
 from e2emfd.demo.experiment import condition_means
-from e2emfd.engine.checkpoint import load_checkpoint, load_model_for_inference
-from e2emfd.engine.distributed import run_local_processes
+from e2emfd.engine.checkpoint import load_model_for_inference
 from e2emfd.engine.evaluate import evaluate, fusion_scores
-from e2emfd.engine.trainer import CHECKPOINT_NAME, train
+from e2emfd.engine.local import local_processes, train_locally
+from e2emfd.engine.trainer import CHECKPOINT_NAME
 from e2emfd.models import build_model
 from e2emfd.models.baselines import BASELINES, fuse_baseline
 from e2emfd.mtl import TaskBalancer
@@ -68,31 +69,19 @@ def seconds_per_step(cfg: Config, steps: int = 4, threads: int | None = None) ->
     return plain * (1 + 0.6 / max(1, cfg.train.gmta_every))
 
 
-def training_processes(batch_size: int, cpus: int | None = None) -> int:
-    """How many training processes the demo runs: two on a machine with two or more cores
-    (each takes half the batch), one otherwise. Two single-threaded processes train this
-    small model ~1.2x faster than one process with two threads
-    (benchmarks/cpu_processes.py); more would leave too few images per process for batch
-    norm."""
-    cpus = cpus or os.cpu_count() or 1
-    return 2 if cpus >= 2 and batch_size % 2 == 0 else 1
-
-
-def _train_rank(cfg: Config, progress: bool, time_budget_s: float) -> None:
-    train(cfg, progress=progress, time_budget_s=time_budget_s)
-
-
 def train_within_budget(cfg: Config, time_budget_s: float, progress: bool = True) -> int:
     """Train ``cfg`` (``train.batch_size`` = the global batch) for as many steps as fit the
     budget, on all the CPU cores; returns the number of steps done. The checkpoint is
     ``cfg.output_dir/checkpoint_last.pt``."""
     started = time.monotonic()
-    processes = training_processes(cfg.train.batch_size)
+    processes = local_processes(cfg.train.batch_size)
     threads = max(1, (os.cpu_count() or 1) // processes)
-    cfg.train.batch_size //= processes  # per process
+    probe = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, batch_size=cfg.train.batch_size // processes)
+    )
     # all-reduce of the gradients, DDP's search for unused parameters, the stop flag:
     # measured 0.78 s per step against 0.71 estimated in one process (2 cores)
-    step_s = seconds_per_step(cfg, threads=threads) * (1.1 if processes > 1 else 1.0)
+    step_s = seconds_per_step(probe, threads=threads) * (1.1 if processes > 1 else 1.0)
     # starting the processes (imports, data, model) takes ~10 s outside the training loop
     spawn_s = 10.0 if processes > 1 else 0.0
     budget = max(time_budget_s - (time.monotonic() - started) - spawn_s, 30.0)
@@ -104,10 +93,7 @@ def train_within_budget(cfg: Config, time_budget_s: float, progress: bool = True
             f"demo: {processes} training process(es) x {threads} thread(s), {step_s:.2f} s per "
             f"step -> {max_iters} training steps in {budget / 60:.1f} min"
         )
-    if processes == 1:
-        return train(cfg, progress=progress, time_budget_s=budget).step
-    run_local_processes(_train_rank, processes, (cfg, progress, budget), threads)
-    return int(load_checkpoint(Path(cfg.output_dir) / CHECKPOINT_NAME)["step"])
+    return train_locally(cfg, processes, threads, progress=progress, time_budget_s=budget)
 
 
 def pick_scenes(data_root: Path, test_ids: list[str], per_condition: int = 2) -> dict[str, str]:

@@ -11,6 +11,7 @@ cannot execute code from the file.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,13 +98,14 @@ def apply_inference_settings(model: torch.nn.Module, settings: dict[str, Any]) -
 
 def config_mismatches(saved: dict, current: Config, section: str = "model") -> list[str]:
     """Keys of ``section`` whose values differ between a checkpoint and the current run
-    (inference-only detection settings excepted)."""
+    (inference-only detection settings and the warm start, which a resumed run does not
+    read, excepted)."""
     a = _flatten(saved.get(section, {}), f"{section}.")
     b = _flatten(config_to_dict(current).get(section, {}), f"{section}.")
     return [
         f"{k}: checkpoint {a.get(k)!r} != config {b.get(k)!r}"
         for k in sorted(a.keys() | b.keys())
-        if a.get(k) != b.get(k) and k not in INFERENCE_ONLY_KEYS
+        if a.get(k) != b.get(k) and k not in INFERENCE_ONLY_KEYS and k != "model.init_from"
     ]
 
 
@@ -127,6 +129,66 @@ def load_model_state(model: torch.nn.Module, state_dict: dict, path: str | Path)
     model.load_state_dict(state_dict)
 
 
+@dataclass
+class WarmStart:
+    """What :func:`init_from_checkpoint` loaded: tensor names by outcome."""
+
+    path: Path
+    loaded: list[str]
+    shape_mismatch: list[str]  # "name (checkpoint shape vs model shape)"
+    not_in_checkpoint: list[str]
+    not_in_model: list[str]
+
+    def summary(self, limit: int = 6) -> str:
+        total = len(self.loaded) + len(self.shape_mismatch) + len(self.not_in_checkpoint)
+        lines = [f"init_from {self.path}: loaded {len(self.loaded)} of {total} model tensors"]
+        for what, names in (
+            ("not loaded, shape differs", self.shape_mismatch),
+            ("not in the checkpoint (kept at their initial values)", self.not_in_checkpoint),
+            ("in the checkpoint but not in the model (ignored)", self.not_in_model),
+        ):
+            if names:
+                more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+                lines.append(f"  {len(names)} {what}: {', '.join(names[:limit])}{more}")
+        return "\n".join(lines)
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str | Path) -> WarmStart:
+    """Initialise ``model`` from every tensor of a checkpoint (or a plain state dict) whose
+    name and shape match, e.g. a model pretrained on synthetic scenes fine-tuned on real
+    pairs with other classes: the class layers differ in shape and keep their fresh
+    initialisation. Returns what was loaded and what was not."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model.init_from checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or unsafe files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable checkpoint ({first})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: holds no state dict of tensors")
+    state = upgrade_state_dict(state)
+    own = model.state_dict()
+    loaded = sorted(k for k in own.keys() & state.keys() if own[k].shape == state[k].shape)
+    mismatch = sorted(
+        f"{k} ({tuple(state[k].shape)} vs {tuple(own[k].shape)})"
+        for k in own.keys() & state.keys()
+        if own[k].shape != state[k].shape
+    )
+    model.load_state_dict({k: state[k] for k in loaded}, strict=False)
+    return WarmStart(
+        path, loaded, mismatch, sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    )
+
+
+def upgrade_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensor names of older checkpoints mapped to today's (none have changed yet)."""
+    return state
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -147,7 +209,8 @@ def load_model_for_inference(path: str | Path, device: str | torch.device = "cpu
 
     state = load_checkpoint(path)
     cfg = checkpoint_config(state, path)
-    cfg.model.backbone.pretrained = ""  # the checkpoint holds the trained weights
+    # the checkpoint holds the trained weights
+    cfg.model.backbone.pretrained = cfg.model.init_from = ""
     model = build_model(cfg.model)
     load_model_state(model, state["model"], path)
     return model.to(device).eval(), cfg

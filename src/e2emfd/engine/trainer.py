@@ -96,7 +96,8 @@ def train(
     resolved config under ``cfg.output_dir``. ``resume`` continues from its last
     checkpoint exactly. ``time_budget_s`` stops early (checkpointing) when spent."""
     # ---------------------------------------------------------------- set-up
-    device = resolve_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg.train.device, local_rank, "train.device")
     dist = init_distributed(device.type)
     out_dir = Path(cfg.output_dir)
     if dist.is_main:
@@ -144,6 +145,11 @@ def train(
         warnings.warn(
             f"{checkpoint_path}: no checkpoint to resume from; starting fresh", stacklevel=2
         )
+    if start_step == 0 and cfg.model.init_from:
+        # every rank loads the same file, so the processes start from the same weights
+        warm = ckpt.init_from_checkpoint(model, cfg.model.init_from)
+        if dist.is_main:
+            print(warm.summary())
 
     net = model
     if dist.enabled:
