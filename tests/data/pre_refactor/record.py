@@ -21,7 +21,6 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from conftest import TINY_JOINT  # noqa: E402
-
 from e2emfd.config import config_to_dict, load_config  # noqa: E402
 from e2emfd.engine.checkpoint import load_model_for_inference, save_checkpoint  # noqa: E402
 from e2emfd.models import build_model  # noqa: E402
