@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from e2emfd.metrics.detection import to_coco_results
     from e2emfd.viz import draw_boxes
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, setting="--device")
     model, cfg = load_model_for_inference(args.weights, device)
     if model.detector is None:
         raise ValueError(f"{args.weights}: this model has no detection head")

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from e2emfd.engine.runtime import resolve_device
 
     cfg = load_config(args.config, args.overrides)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, setting="--device")
     model, _ = load_model_for_inference(args.weights, device)
     dataset = build_dataset(cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False))
     result = evaluate(

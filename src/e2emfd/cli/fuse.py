@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from e2emfd.engine.runtime import resolve_device
     from e2emfd.models.baselines import fuse_baseline
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, setting="--device")
     dataset = PairDataset.from_folders(
         vis_dir=str(Path(args.vi).resolve()), ir_dir=str(Path(args.ir).resolve())
     )

@@ -11,14 +11,25 @@ import numpy as np
 import torch
 
 
-def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` = CUDA when available (this process's local GPU), else CPU."""
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(
+    name: str = "auto", local_rank: int = 0, setting: str = "device"
+) -> torch.device:
+    """``auto`` = CUDA when available (this process's local GPU), else CPU. A name other
+    than :data:`DEVICES` is an error that names the ``setting`` and lists them."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{setting} '{name}' is not supported; use {DEVICES}")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device '{name}' requested but CUDA is not available")
+            raise ValueError(f"{setting} '{name}' requested but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -61,3 +72,16 @@ def move_batch(batch: dict, device: torch.device) -> dict:
         else:
             out[key] = value
     return out
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: CUDA's out-of-memory error, or the CPU
+    allocator's RuntimeError (which has no class of its own)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return (
+        isinstance(exc, RuntimeError)
+        and "DefaultCPUAllocator" in text
+        and ("can't allocate memory" in text or "not enough memory" in text)
+    )
