@@ -191,7 +191,7 @@ def main() -> None:
             runner.sampling_steps,
             args.batch,
             runner.num_proposals,
-            model_gpu.detector.box_dim,
+            model_gpu.detector.codec.dim,
         )
         noise = torch.randn(shape, device=cuda)
     graphed = runner(batch["vis"], batch["ir"], noise=noise)

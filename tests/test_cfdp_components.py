@@ -7,18 +7,21 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from e2emfd.models.detection.boxes import (
+from e2emfd.boxes import box_codec
+from e2emfd.boxes.axis_aligned import (
     apply_deltas,
-    boxes_to_signal,
     clip_boxes,
     image_whwh,
     normalize_boxes,
+    select_detections,
     signal_to_boxes,
 )
 from e2emfd.models.detection.diffusion import BoxDiffusion, cosine_alphas_cumprod, ddim_timesteps
 from e2emfd.models.detection.head import DynamicConv, RefinementStage, SinusoidalTimeEmbedding
 from e2emfd.models.detection.pooler import MultiLevelRoIAlign, assign_levels
-from e2emfd.models.detection.postprocess import select_detections, topk_candidates
+from e2emfd.models.detection.postprocess import topk_candidates
+
+HBB = box_codec("hbb")
 
 # ---------------------------------------------------------------------------- boxes
 
@@ -29,7 +32,7 @@ def test_box_signal_hand_values_and_round_trip():
     box = torch.tensor([[[0.0, 0.0, 50.0, 100.0]]])
     # normalised cxcywh (0.25, 0.25, 0.5, 0.5) -> signal (2x - 1) * 2
     assert normalize_boxes(box, whwh[:, None]).tolist() == [[[0.25, 0.25, 0.5, 0.5]]]
-    signal = boxes_to_signal(box, whwh[:, None], scale=2.0)
+    signal = HBB.to_signal(box, whwh[:, None], 2.0)
     assert signal.tolist() == [[[-1.0, -1.0, 0.0, 0.0]]]
     back = signal_to_boxes(signal, whwh[:, None], scale=2.0)
     torch.testing.assert_close(back, box)
@@ -118,7 +121,7 @@ def test_stochastic_ddim_has_the_forward_marginal_variance():
 def test_assign_levels_hand_values():
     sides = [10.0, 111.0, 112.0, 224.0, 447.0, 448.0, 2000.0]
     boxes = torch.tensor([[0.0, 0.0, s, s] for s in sides])
-    levels = assign_levels(boxes, (4, 8, 16, 32))
+    levels = assign_levels(HBB.area(boxes), (4, 8, 16, 32))
     # floor(4 + log2(side / 224)) - 2, clamped to [0, 3]
     assert levels.tolist() == [0, 0, 1, 2, 2, 3, 3]
 
@@ -131,7 +134,7 @@ def test_multilevel_roi_align_matches_per_box_reference():
     xy = torch.rand(b, n, 2) * 60
     wh = torch.tensor([8.0, 40.0, 100.0, 130.0, 200.0, 300.0]).expand(b, n)[..., None]
     boxes = torch.cat([xy, xy + wh * torch.tensor([1.0, 0.7])], dim=-1)
-    out = MultiLevelRoIAlign(strides, 7, 2)(features, boxes)
+    out = MultiLevelRoIAlign(HBB, strides, 7, 2)(features, boxes)
     assert out.shape == (b * n, c, 7, 7)
     for i in range(b):
         for j in range(n):
@@ -151,7 +154,7 @@ def test_multilevel_roi_align_matches_per_box_reference():
 
 def test_multilevel_roi_align_rejects_non_doubling_strides():
     with pytest.raises(ValueError):
-        MultiLevelRoIAlign((4, 8, 32))
+        MultiLevelRoIAlign(HBB, (4, 8, 32))
 
 
 # ---------------------------------------------------------------------------- one stage
@@ -194,7 +197,7 @@ def _stage_inputs(b=3, n=5, hidden=16, res=7):
 
 def test_stage_keeps_images_apart_and_is_permutation_equivariant():
     torch.manual_seed(3)
-    stage = RefinementStage(num_classes=3, hidden=16, num_heads=4, dim_dynamic=4,
+    stage = RefinementStage(num_classes=3, codec=HBB, hidden=16, num_heads=4, dim_dynamic=4,
                             dim_feedforward=32).eval()  # fmt: skip
     rois, boxes, temb = _stage_inputs()
     logits, new_boxes, obj = stage(rois, boxes, None, temb)
@@ -220,7 +223,7 @@ def test_stage_keeps_images_apart_and_is_permutation_equivariant():
 
 def test_stage_timestep_modulates_the_output():
     torch.manual_seed(4)
-    stage = RefinementStage(num_classes=2, hidden=16, num_heads=2, dim_dynamic=4,
+    stage = RefinementStage(num_classes=2, codec=HBB, hidden=16, num_heads=2, dim_dynamic=4,
                             dim_feedforward=32).eval()  # fmt: skip
     rois, boxes, temb = _stage_inputs(b=1)
     a = stage(rois, boxes, None, temb)[0]

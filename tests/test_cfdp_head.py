@@ -143,8 +143,8 @@ def test_boxes_are_detached_between_stages():
 def test_config_checks():
     with pytest.raises(ValueError):
         CFDPHead(_cfg(), in_channels=HIDDEN * 2)
-    with pytest.raises(NotImplementedError):
-        CFDPHead(_cfg(boxes="obb"), in_channels=HIDDEN)
+    with pytest.raises(ValueError, match="box kind"):
+        CFDPHead(_cfg(boxes="quad"), in_channels=HIDDEN)
 
 
 def test_prior_probability_initialisation():

@@ -9,11 +9,11 @@ import pytest
 import torch
 from shapely.geometry import Polygon, box
 
+from e2emfd.data import build_dataset
 from e2emfd.data.collate import collate_pairs
 from e2emfd.data.dronevehicle import (
     DRONEVEHICLE_CLASSES,
     DroneVehicleDataset,
-    build_dronevehicle_dataset,
     clip_obb_to_image,
     find_dronevehicle_folders,
     parse_dota_txt,
@@ -278,16 +278,16 @@ def test_converted_layout_with_dota_labels_and_config_builder(tmp_path):
     class Cfg:  # the fields of DataConfig the builder reads
         root, label_modality, classes = str(tmp_path), "infrared", list(DRONEVEHICLE_CLASSES)
         unknown_class, unlabelled, size_mismatch = "error", "skip", "error"
-        crop_border, boxes = BORDER, "obb"
+        crop_border, boxes, format = BORDER, "obb", "dronevehicle"
 
-    ds = build_dronevehicle_dataset(Cfg, "test")
+    ds = build_dataset(Cfg, "test")
     sample = ds[0]
     assert sample["labels"].tolist() == [0, 1]
     _assert_boxes(
         sample["boxes"], torch.tensor([[10.0, 11, 12, 6, 0], [32, 18, 16, 4, -math.pi / 2]])
     )
     Cfg.label_modality = "visible"
-    assert build_dronevehicle_dataset(Cfg, "test")[0]["labels"].tolist() == [0]
+    assert build_dataset(Cfg, "test")[0]["labels"].tolist() == [0]
 
 
 def test_unlabelled_pairs_and_layout_errors(tmp_path):

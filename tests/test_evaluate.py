@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from e2emfd.boxes import box_codec
 from e2emfd.config import DataConfig
 from e2emfd.data import build_dataset, build_transforms
 from e2emfd.engine.evaluate import evaluate, predictions_to_original
@@ -11,6 +12,9 @@ from e2emfd.engine.evaluate import evaluate, predictions_to_original
 class EchoModel(nn.Module):
     """Predicts, for every image, boxes given at construction (in the files' pixels),
     converted to the network's input frame by the batch's scale, plus a shifted copy."""
+
+    box_codec = box_codec("hbb")
+    size_divisor = 32
 
     def __init__(self, boxes_by_id: dict) -> None:
         super().__init__()
@@ -57,7 +61,7 @@ def test_predictions_to_original():
             "labels": torch.zeros(1),
         }
     ]
-    out = predictions_to_original(det, torch.tensor([[2.0, 4.0]]))
+    out = predictions_to_original(det, torch.tensor([[2.0, 4.0]]), box_codec("hbb"))
     assert out[0]["boxes"].tolist() == [[5.0, 5.0, 15.0, 10.0]]
 
 

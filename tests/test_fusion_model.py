@@ -7,6 +7,7 @@ import torch
 from scipy import ndimage
 from torchvision.models import resnet18
 
+from e2emfd.boxes import box_codec
 from e2emfd.config import BackboneConfig, FusionConfig, load_config
 from e2emfd.losses.fusion import box_mask, fusion_loss, gaussian_kernel1d, ssim_map, valid_mask
 from e2emfd.models import build_model
@@ -129,7 +130,8 @@ def test_fusion_loss_ignores_padding():
 
 
 def test_box_mask_hand_case():
-    mask = box_mask([torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.zeros(0, 4)], 5, 6)
+    boxes = [torch.tensor([[1.0, 2.0, 3.0, 4.0]]), torch.zeros(0, 4)]
+    mask = box_mask(boxes, 5, 6, box_codec("hbb"))
     expected = torch.zeros(5, 6)
     expected[2:4, 1:3] = 1
     assert torch.equal(mask[0, 0], expected) and mask[1].sum() == 0

@@ -32,11 +32,11 @@ def test_runner_matches_fuse_and_detect(boxes):
     # 3 DDIM steps with box renewal and the ensemble: the renewal draws are inputs too
     extra = ["model.detection.sampling_steps=3", "model.detection.box_renewal=true"]
     if boxes == "obb":
-        extra += ["model.detection.boxes=obb", "model.detection.num_classes=3"]
+        extra += ["data.boxes=obb", "model.detection.boxes=obb", "model.detection.num_classes=3"]
     model = _model(*extra)
     vis, ir = _images()
     runner = GraphedInference(model, B, H, W)
-    n, dim = runner.num_proposals, model.detector.box_dim
+    n, dim = runner.num_proposals, model.detector.codec.dim
     torch.manual_seed(11)
     noise = torch.randn(3, B, n, dim)
     out = runner(vis, ir, noise=noise)

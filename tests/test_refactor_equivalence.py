@@ -35,7 +35,7 @@ def test_pre_refactor_checkpoint_gives_the_recorded_outputs(kind):
     terms = model(as_model_batch(batch))["terms"]
     assert set(terms) == set(expected["terms"])
     for name, value in expected["terms"].items():
-        assert float(terms[name]) == pytest.approx(value, rel=1e-5, abs=1e-6), name
+        assert float(terms[name].detach()) == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
     model, _ = load_model_for_inference(checkpoint)
     torch.manual_seed(2)

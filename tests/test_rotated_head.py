@@ -1,33 +1,28 @@
-"""The rotated CFDP head: box parameterisation, Gaussian loss, matching, post-processing
-and the head end to end on tiny inputs."""
+"""The CFDP head on rotated boxes: box parameterisation, Gaussian loss, matching,
+post-processing and the head end to end on tiny inputs."""
 
 import math
 
 import pytest
 import torch
 
-from e2emfd.config import DetectionConfig
-from e2emfd.models.detection.rotated import (
-    RotatedCFDPHead,
-    RotatedRefinementStage,
-    select_rotated_detections,
-)
-from e2emfd.models.detection.rotated_boxes import (
+from e2emfd.boxes import box_codec
+from e2emfd.boxes.rotated import (
+    angle_cost,
     apply_obb_deltas,
     image_scale,
     normalize_obb,
-    obb_to_signal,
     random_normalized_obb,
+    rotated_centre_prior,
+    select_rotated_detections,
     signal_to_obb,
 )
-from e2emfd.models.detection.rotated_loss import (
-    RotatedDynamicKMatcher,
-    angle_cost,
-    box_l1,
-    gaussian_kld,
-    kld_loss,
-    rotated_centre_prior,
-)
+from e2emfd.config import DetectionConfig
+from e2emfd.losses.detection import gaussian_kld, kld_loss
+from e2emfd.losses.detection import rotated_box_l1 as box_l1
+from e2emfd.models.detection import CFDPHead, DynamicKMatcher, RefinementStage
+
+OBB = box_codec("obb")
 
 HIDDEN = 32
 STRIDES = (4, 8, 16, 32)
@@ -104,7 +99,7 @@ def test_signal_round_trip_and_angle_wrap():
         dim=1,
     )
     boxes[:, 2:4] = boxes[:, 2:4].sort(dim=1, descending=True).values  # le90: w >= h
-    signal = obb_to_signal(boxes, scale, 2.0)
+    signal = OBB.to_signal(boxes, scale, 2.0)
     assert signal.abs().max() <= 2.0
     back = signal_to_obb(signal, scale, 2.0)
     torch.testing.assert_close(back[:, :4], boxes[:, :4], atol=1e-4, rtol=1e-5)
@@ -242,7 +237,7 @@ def test_matcher_pairs_each_gt_with_the_proposal_on_it():
     )
     logits = torch.zeros(4, 3)
     scale = image_scale(torch.tensor([[100, 120]]))[0]
-    p, g = RotatedDynamicKMatcher(ota_k=1)(logits, proposals, gt, torch.tensor([0, 1]), scale)
+    p, g = DynamicKMatcher(OBB, ota_k=1)(logits, proposals, gt, torch.tensor([0, 1]), scale)
     assert dict(zip(p.tolist(), g.tolist())) == {0: 1, 1: 0}
 
 
@@ -276,13 +271,15 @@ def test_select_rotated_detections_nms_groups_and_image_bounds():
 # ------------------------------------------------------------------------------- the head
 
 
-def test_head_rejects_axis_aligned_config():
-    with pytest.raises(ValueError, match="obb"):
-        RotatedCFDPHead(_cfg(boxes="hbb"), in_channels=HIDDEN)
+def test_head_takes_the_box_kind_from_the_config():
+    assert CFDPHead(_cfg(), in_channels=HIDDEN).codec.kind == "obb"
+    assert CFDPHead(_cfg(boxes="hbb"), in_channels=HIDDEN).codec.kind == "hbb"
+    with pytest.raises(ValueError, match="box kind"):
+        CFDPHead(_cfg(boxes="xyxy"), in_channels=HIDDEN)
 
 
 def test_stage_regresses_five_numbers():
-    stage = RotatedRefinementStage(3, hidden=HIDDEN, num_heads=4, dim_dynamic=8, dim_feedforward=64)
+    stage = RefinementStage(3, OBB, hidden=HIDDEN, num_heads=4, dim_dynamic=8, dim_feedforward=64)
     assert stage.box_deltas.out_features == 5
 
 
@@ -300,7 +297,7 @@ def test_stage_regresses_five_numbers():
     ids=["B1", "B3-with-empty", "B1-empty"],
 )
 def test_training_losses_are_finite_and_reach_every_stage(targets):
-    head = RotatedCFDPHead(_cfg(), in_channels=HIDDEN).train()
+    head = CFDPHead(_cfg(), in_channels=HIDDEN).train()
     b = len(targets)
     feats = _features(b, 96, 128)
     sizes = torch.tensor([[96, 128], [90, 120], [96, 100]][:b])
@@ -317,18 +314,20 @@ def test_training_losses_are_finite_and_reach_every_stage(targets):
 
 
 def test_kld_shape_loss_option():
-    head = RotatedCFDPHead(_cfg(), in_channels=HIDDEN, shape_loss="kld").train()
+    head = CFDPHead(_cfg(shape_loss="kld"), in_channels=HIDDEN).train()
     losses = head(
         _features(1, 64, 64), torch.tensor([[64, 64]]), [_target([[30, 30, 20, 8, 0.3]], [0])]
     )
     assert set(losses) == {"loss_cls", "loss_l1", "loss_kld"}
     assert all(torch.isfinite(v) for v in losses.values())
     with pytest.raises(ValueError, match="shape_loss"):
-        RotatedCFDPHead(_cfg(), in_channels=HIDDEN, shape_loss="iou")
+        CFDPHead(_cfg(shape_loss="iou"), in_channels=HIDDEN)
+    with pytest.raises(ValueError, match="shape_loss"):
+        CFDPHead(_cfg(boxes="hbb", shape_loss="kld"), in_channels=HIDDEN)
 
 
 def test_seeded_targets_are_noised_the_same_way_in_any_batch():
-    head = RotatedCFDPHead(_cfg(), in_channels=HIDDEN)
+    head = CFDPHead(_cfg(), in_channels=HIDDEN)
     t = _target([[30, 30, 20, 8, 0.3]], [1], seed=5)
     scale = image_scale(torch.tensor([[96, 128], [64, 64]]))
     alone, t_alone = head.diffuse_targets([t], scale[:1])
@@ -340,7 +339,7 @@ def test_seeded_targets_are_noised_the_same_way_in_any_batch():
 
 @pytest.mark.parametrize("steps", [1, 4])
 def test_inference_outputs_le90_boxes_in_the_image(steps):
-    head = RotatedCFDPHead(_cfg(score_threshold=0.0), in_channels=HIDDEN).eval()
+    head = CFDPHead(_cfg(score_threshold=0.0), in_channels=HIDDEN).eval()
     sizes = torch.tensor([[96, 128], [80, 100], [96, 96]])
     out = head(_features(3, 96, 128), sizes, sampling_steps=steps)
     assert len(out) == 3
@@ -361,7 +360,7 @@ def test_inference_outputs_le90_boxes_in_the_image(steps):
 
 def test_tiny_overfit_on_one_batch_lowers_the_loss():
     torch.manual_seed(0)
-    head = RotatedCFDPHead(_cfg(num_proposals=12), in_channels=HIDDEN).train()
+    head = CFDPHead(_cfg(num_proposals=12), in_channels=HIDDEN).train()
     feats = _features(2, 64, 96, seed=3)
     sizes = torch.tensor([[64, 96], [64, 96]])
     targets = [

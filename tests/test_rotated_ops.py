@@ -10,13 +10,11 @@ from scipy import ndimage
 from shapely.geometry import MultiPoint, Polygon
 from torchvision.ops import batched_nms, box_iou, roi_align
 
-from e2emfd.models.detection.pooler import assign_levels
+from e2emfd.boxes import box_codec
+from e2emfd.models.detection.pooler import MultiLevelRoIAlign, assign_levels
 from e2emfd.ops.rotated import (
-    MultiLevelRotatedRoIAlign,
-    assign_rotated_levels,
     hflip_obb,
     min_area_rect,
-    multilevel_rotated_roi_align,
     normalize_le90,
     obb_to_hbb,
     obb_to_poly,
@@ -440,22 +438,25 @@ def test_level_assignment_matches_axis_aligned_rule():
     sides = torch.tensor([8.0, 50.0, 111.0, 113.0, 224.0, 447.0, 449.0, 1000.0])
     obb = torch.stack([sides * 0, sides * 0, sides, sides, sides * 0 + 0.7], dim=1)
     xyxy = torch.stack([sides * 0, sides * 0, sides, sides], dim=1)
-    assert torch.equal(assign_rotated_levels(obb, strides), assign_levels(xyxy, strides))
+    obb_levels = assign_levels(box_codec("obb").area(obb), strides)
+    assert torch.equal(obb_levels, assign_levels(box_codec("hbb").area(xyxy), strides))
 
 
 def test_multilevel_pooling_uses_the_selected_level():
     strides = (4, 8)
     feats = [torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8)]
     rois = torch.tensor([[0, 30.0, 30.0, 10.0, 8.0, 0.3], [1, 32.0, 30.0, 200.0, 150.0, -0.2]])
-    out = multilevel_rotated_roi_align(feats, rois, strides, 5)
-    levels = assign_rotated_levels(rois[:, 1:], strides)
+    codec = box_codec("obb")
+    levels = assign_levels(codec.area(rois[:, 1:]), strides)
     assert levels.tolist() == [0, 1]
+    module = MultiLevelRoIAlign(codec, strides, output_size=5)
+    boxes = torch.stack([rois[:1, 1:], rois[1:, 1:]])  # (B=2, N=1, 5)
+    out = module(feats, boxes)
     for k, lvl in enumerate(levels.tolist()):
         ref = rotated_roi_align(feats[lvl], rois[k : k + 1], 5, 1.0 / strides[lvl])
         torch.testing.assert_close(out[k : k + 1], ref)
-    module = MultiLevelRotatedRoIAlign(strides, output_size=5)
-    boxes = torch.stack([rois[:1, 1:], rois[1:, 1:]])  # (B=2, N=1, 5)
-    torch.testing.assert_close(module(feats, boxes), out)
+    # the fixed-shape strategy (every level pooled, one kept per box) gives the same
+    torch.testing.assert_close(module.pool_all_levels(feats, rois, levels), out)
 
 
 # ----------------------------------------------------------------------------------- masks
@@ -482,6 +483,6 @@ def test_rotated_box_mask_matches_shapely_and_the_axis_aligned_mask():
     assert mask.sum() > 50 and torch.equal(mask, ref)
     flat = boxes.clone()
     flat[:, 4] = 0
-    ref = box_mask([obb_to_hbb(flat).float()], 20, 30)[0, 0].bool()
+    ref = box_mask([obb_to_hbb(flat).float()], 20, 30, box_codec("hbb"))[0, 0].bool()
     assert torch.equal(rotated_box_mask(flat, 20, 30), ref)
     assert not rotated_box_mask(torch.zeros(0, 5), 4, 4).any()

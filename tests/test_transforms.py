@@ -86,15 +86,17 @@ def test_collate_pads_to_multiple_of_32(sizes):
 def test_rotated_boxes_follow_resize_and_flip():
     import math
 
+    from e2emfd.boxes import box_codec
     from e2emfd.ops.rotated import obb_to_poly
 
     sample = _sample()
     sample["boxes"] = torch.tensor([[20.0, 15.0, 16.0, 6.0, math.pi / 6]])
-    resized = Resize(short_side=80)(sample)
+    obb = box_codec("obb")
+    resized = Resize(short_side=80, codec=obb)(sample)
     torch.testing.assert_close(
         obb_to_poly(resized["boxes"]), obb_to_poly(sample["boxes"]) * 2, atol=1e-4, rtol=0
     )
-    flipped = RandomHorizontalFlip(p=1.0)(sample)
+    flipped = RandomHorizontalFlip(p=1.0, codec=obb)(sample)
     corners = obb_to_poly(sample["boxes"]).view(4, 2)
     mirrored = torch.stack([60 - corners[:, 0], corners[:, 1]], 1)
     got = obb_to_poly(flipped["boxes"]).view(4, 2)

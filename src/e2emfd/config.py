@@ -40,13 +40,14 @@ class DataConfig:
     unknown_class: str = "error"  # error | skip
     unlabelled: str = "skip"  # pairs without a label file: skip | empty | error
     size_mismatch: str = "error"  # error | resize (IR resized to the visible size)
-    boxes: str = "hbb"  # hbb (axis-aligned xyxy) | obb (rotated cx cy w h angle, le90)
+    # the box kind: hbb (axis-aligned xyxy) | obb (rotated cx cy w h angle, le90);
+    # model.detection.boxes must be the same
+    boxes: str = "hbb"
     crop_border: int = 0  # DroneVehicle: crop this many pixels of white border
     short_side: int = 0  # resize so the short side is this (0 = native resolution)
     max_size: int = 0  # cap on the long side after resizing (0 = no cap)
     hflip: float = 0.0  # probability of a horizontal flip (train only)
     scale_jitter: list[float] = field(default_factory=list)  # e.g. [0.8, 1.2] (train only)
-    size_divisor: int = 32
     num_workers: int = 0
 
 
@@ -94,7 +95,10 @@ class DetectionConfig:
     dropout: float = 0.0
     pooler_resolution: int = 7
     prior_prob: float = 0.01
-    use_focal: bool = True
+    # shape term of the box loss: giou (rotated GIoU for obb) | kld (obb only: Gaussian KLD)
+    shape_loss: str = "giou"
+    ddim_eta: float = 1.0  # DDIM noise at inference (0 deterministic, 1 DDPM-like)
+    renewal_threshold: float = 0.5  # box renewal: proposals scoring <= this restart from noise
     box_renewal: bool = True
     use_ensemble: bool = True
     score_threshold: float = 0.0
@@ -120,6 +124,9 @@ class ModelConfig:
     # initialise the model before training ("" = none; ignored when resuming)
     init_from: str = ""
     channels_last: bool = True  # NHWC convolutions: faster on CPU (oneDNN) and CUDA (cuDNN)
+    # images are zero-padded (bottom, right) to multiples of this, in training, evaluation
+    # and inference alike
+    size_divisor: int = 32
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
@@ -283,6 +290,56 @@ def _validate_path(path: list[str]) -> None:
         cls = typing.get_type_hints(cls)[part]
 
 
+# Keys of earlier versions: moved ones are read under their new name; removed ones are
+# accepted only with the one value that the code now always uses.
+MOVED_KEYS = {"data.size_divisor": "model.size_divisor"}
+REMOVED_KEYS = {"model.detection.use_focal": True}  # sigmoid focal classification only
+
+
+def _upgrade(values: dict, where: str) -> dict:
+    """``values`` with the keys of earlier versions mapped to today's (see MOVED_KEYS)."""
+    for old, new in MOVED_KEYS.items():
+        *parents, name = old.split(".")
+        section = _section(values, parents)
+        if section is not None and name in section:
+            value = section.pop(name)
+            values = _merge(values, _nest(new.split("."), value))
+    for old, only in REMOVED_KEYS.items():
+        *parents, name = old.split(".")
+        section = _section(values, parents)
+        if section is not None and name in section:
+            if section.pop(name) != only:
+                raise ConfigError(f"{where}: '{old}' was removed; only {only!r} is supported")
+    return values
+
+
+def _section(values: dict, path: list[str]) -> dict | None:
+    for part in path:
+        values = values.get(part) if isinstance(values, dict) else None
+    return values if isinstance(values, dict) else None
+
+
+def validate_config(cfg: Config) -> Config:
+    """Checks that span several keys; raises ConfigError naming them."""
+    if cfg.data.boxes not in ("hbb", "obb"):
+        raise ConfigError(f"data.boxes: expected hbb or obb, got {cfg.data.boxes!r}")
+    if cfg.model.detection.boxes != cfg.data.boxes:
+        raise ConfigError(
+            f"data.boxes={cfg.data.boxes} but model.detection.boxes="
+            f"{cfg.model.detection.boxes}: the box kind must be the same in both"
+        )
+    det = cfg.model.detection
+    shapes = ("giou", "kld") if det.boxes == "obb" else ("giou",)
+    if det.shape_loss not in shapes:
+        raise ConfigError(
+            f"model.detection.shape_loss: {det.shape_loss!r} is not available for "
+            f"{det.boxes} boxes; choose from {', '.join(shapes)}"
+        )
+    if cfg.model.size_divisor < 1:
+        raise ConfigError(f"model.size_divisor: must be >= 1, got {cfg.model.size_divisor}")
+    return cfg
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
@@ -293,12 +350,17 @@ def load_config(
     """
     values: dict = {}
     if path is not None:
-        values = _load_yaml(Path(path))
+        values = _upgrade(_load_yaml(Path(path)), str(path))
     for text in overrides:
         key, value = parse_override(text)
+        dotted = ".".join(key)
+        if dotted in REMOVED_KEYS:
+            _upgrade(_nest(key, value), f"override '{text}'")  # raises unless the one value
+            continue
+        key = MOVED_KEYS.get(dotted, dotted).split(".")
         _validate_path(key)
         values = _merge(values, _nest(key, value))
-    return _build(Config, values)
+    return validate_config(_build(Config, values))
 
 
 def _load_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
@@ -332,7 +394,10 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def config_from_dict(values: dict) -> Config:
-    return _build(Config, values)
+    """A config from its dict form (e.g. a checkpoint's), keys of earlier versions mapped."""
+    import copy
+
+    return validate_config(_build(Config, _upgrade(copy.deepcopy(values), "config")))
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from e2emfd.cli.paths import output_folder
     from e2emfd.data import PairDataset, Resize, write_png
     from e2emfd.engine.checkpoint import load_model_for_inference
     from e2emfd.engine.evaluate import boxes_to_original
@@ -63,16 +64,17 @@ def run(args: argparse.Namespace) -> int:
     from e2emfd.metrics.detection import to_coco_results
     from e2emfd.viz import draw_boxes
 
+    out_dir = output_folder(args.out)
     device = resolve_device(args.device, setting="--device")
     model, cfg = load_model_for_inference(args.weights, device)
     if model.detector is None:
         raise ValueError(f"{args.weights}: this model has no detection head")
     classes = list(cfg.data.classes)
-    resize = Resize(cfg.data.short_side, cfg.data.max_size)  # the resolution it was trained at
+    # the resolution it was trained at
+    resize = Resize(cfg.data.short_side, cfg.data.max_size, codec=model.box_codec)
     dataset = PairDataset.from_folders(
         vis_dir=str(Path(args.vi).resolve()), ir_dir=str(Path(args.ir).resolve()), transform=resize
     )
-    out_dir = Path(args.out)
     (out_dir / "drawn").mkdir(parents=True, exist_ok=True)
     images, results = [], []
     pending: dict[tuple[int, int], list[dict]] = {}
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         shown = out["fused_rgb"] if out["fused_rgb"] is not None else vis
         for sample, det, image in zip(samples, detections, shown.float().cpu()):
             det = {k: v.cpu() for k, v in det.items()}
-            det["boxes"] = boxes_to_original(det["boxes"], sample["scale"])
+            det["boxes"] = boxes_to_original(det["boxes"], sample["scale"], model.box_codec)
             image_id = len(images) + 1
             h, w = sample["orig_size"].tolist()
             images.append(
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                     "height": h,
                 }
             )
-            if det["boxes"].shape[-1] == 5:
+            if model.box_codec.kind == "obb":
                 results.extend(rotated_results(det, image_id))
             else:
                 results.extend(to_coco_results([det], [image_id], classes))

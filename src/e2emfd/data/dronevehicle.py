@@ -398,19 +398,3 @@ def find_dronevehicle_folders(
     if labels is None:
         raise FileNotFoundError(f"{split_dir / (split + 'label' + r)}: label folder not found")
     return vis_dir, ir_dir, labels
-
-
-def build_dronevehicle_dataset(data_cfg, split: str, transform: Callable | None = None):
-    """The DroneVehicle dataset a config describes (``data.format = dronevehicle``)."""
-    return DroneVehicleDataset.from_root(
-        data_cfg.root,
-        split=split,
-        label_modality=data_cfg.label_modality,
-        classes=data_cfg.classes,
-        unknown_class=data_cfg.unknown_class,
-        unlabelled=data_cfg.unlabelled,
-        transform=transform,
-        size_mismatch=data_cfg.size_mismatch,
-        crop_border=data_cfg.crop_border,
-        boxes=data_cfg.boxes,
-    )

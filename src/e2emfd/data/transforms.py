@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from e2emfd.boxes import BoxCodec, box_codec
+
 
 def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(image.shape[-2:]) == size:
@@ -24,35 +26,23 @@ def _resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out[0].clamp_(0.0, 1.0)
 
 
-def scale_boxes(boxes: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
-    """Boxes of an image resized by (sx, sy): (N, 4) xyxy or (N, 5) rotated (le90)."""
-    if boxes.shape[-1] == 5:
-        from e2emfd.ops.rotated import scale_obb
-
-        return scale_obb(boxes, sx, sy)
-    return boxes * boxes.new_tensor([sx, sy, sx, sy])
-
-
-def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
-    """Boxes of an image mirrored left-right: (N, 4) xyxy or (N, 5) rotated (le90)."""
-    if boxes.shape[-1] == 5:
-        from e2emfd.ops.rotated import hflip_obb
-
-        return hflip_obb(boxes, width)
-    flipped = boxes.clone()
-    flipped[:, 0], flipped[:, 2] = width - boxes[:, 2], width - boxes[:, 0]
-    return flipped
-
-
 class Resize:
     """Resize keeping the aspect ratio so the short side is ``short_side`` (0 = keep) and
     the long side at most ``max_size`` (0 = no cap); ``jitter=(lo, hi)`` multiplies the
-    factor by a random value in that range (scale jitter, for training)."""
+    factor by a random value in that range (scale jitter, for training). Boxes are of the
+    ``codec``'s kind (default axis-aligned)."""
 
-    def __init__(self, short_side: int = 0, max_size: int = 0, jitter: Sequence[float] = ()):
+    def __init__(
+        self,
+        short_side: int = 0,
+        max_size: int = 0,
+        jitter: Sequence[float] = (),
+        codec: BoxCodec | None = None,
+    ):
         if jitter and (len(jitter) != 2 or not 0 < jitter[0] <= jitter[1]):
             raise ValueError(f"scale jitter must be [lo, hi] with 0 < lo <= hi, got {list(jitter)}")
         self.short_side, self.max_size, self.jitter = short_side, max_size, tuple(jitter)
+        self.codec = codec or box_codec("hbb")
 
     def factor(self, height: int, width: int, generator: torch.Generator | None = None) -> float:
         factor = self.short_side / min(height, width) if self.short_side else 1.0
@@ -73,14 +63,17 @@ class Resize:
         out = dict(sample)
         out["vis"] = _resize_image(sample["vis"], (new_h, new_w))
         out["ir"] = _resize_image(sample["ir"], (new_h, new_w))
-        out["boxes"] = scale_boxes(sample["boxes"], sx, sy)
+        out["boxes"] = self.codec.rescale(sample["boxes"], sx, sy)
         out["scale"] = sample["scale"] * torch.tensor([sx, sy])
         return out
 
 
 class RandomHorizontalFlip:
-    def __init__(self, p: float = 0.5):
+    """Mirror both images and the boxes (of the ``codec``'s kind) with probability ``p``."""
+
+    def __init__(self, p: float = 0.5, codec: BoxCodec | None = None):
         self.p = p
+        self.codec = codec or box_codec("hbb")
 
     def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
         if self.p <= 0 or torch.rand((), generator=generator).item() >= self.p:
@@ -89,7 +82,7 @@ class RandomHorizontalFlip:
         out = dict(sample)
         out["vis"] = sample["vis"].flip(-1)
         out["ir"] = sample["ir"].flip(-1)
-        out["boxes"] = flip_boxes(sample["boxes"], width)
+        out["boxes"] = self.codec.hflip(sample["boxes"], width)
         return out
 
 
@@ -106,9 +99,10 @@ class Compose:
 def build_transforms(data_cfg, train: bool) -> Compose:
     """The transforms a config asks for; flips and jitter only when training."""
     transforms: list[Callable[[dict], dict]] = []
+    codec = box_codec(data_cfg.boxes)
     jitter = data_cfg.scale_jitter if train else ()
     if data_cfg.short_side or data_cfg.max_size or jitter:
-        transforms.append(Resize(data_cfg.short_side, data_cfg.max_size, jitter))
+        transforms.append(Resize(data_cfg.short_side, data_cfg.max_size, jitter, codec))
     if train and data_cfg.hflip > 0:
-        transforms.append(RandomHorizontalFlip(data_cfg.hflip))
+        transforms.append(RandomHorizontalFlip(data_cfg.hflip, codec))
     return Compose(transforms)

@@ -77,6 +77,8 @@ INFERENCE_ONLY_KEYS = frozenset(
         "score_threshold",
         "nms_threshold",
         "max_detections",
+        "ddim_eta",
+        "renewal_threshold",
     )
 )
 
@@ -100,6 +102,10 @@ def config_mismatches(saved: dict, current: Config, section: str = "model") -> l
     """Keys of ``section`` whose values differ between a checkpoint and the current run
     (inference-only detection settings and the warm start, which a resumed run does not
     read, excepted)."""
+    try:  # the saved config as today's code reads it (keys of earlier versions mapped)
+        saved = config_to_dict(config_from_dict(saved))
+    except ConfigError:
+        pass
     a = _flatten(saved.get(section, {}), f"{section}.")
     b = _flatten(config_to_dict(current).get(section, {}), f"{section}.")
     return [

@@ -3,33 +3,49 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from e2emfd.boxes import BoxCodec
 from e2emfd.data import make_collate
-from e2emfd.data.transforms import scale_boxes
 from e2emfd.engine.runtime import autocast_context, move_batch
 
 
-def boxes_to_original(boxes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Boxes (N, 4) xyxy or (N, 5) rotated from the network's input frame back to the
+def boxes_to_original(boxes: torch.Tensor, scale: torch.Tensor, codec: BoxCodec) -> torch.Tensor:
+    """Boxes (N, dim) of the codec's kind from the network's input frame back to the
     files' pixels; ``scale`` is (2,) [sx, sy] from the files to the input."""
     sx, sy = (float(v) for v in scale)
-    return scale_boxes(boxes, 1.0 / sx, 1.0 / sy)
+    return codec.rescale(boxes, 1.0 / sx, 1.0 / sy)
 
 
-def predictions_to_original(detections: list[dict], scales: torch.Tensor) -> list[dict]:
+def predictions_to_original(
+    detections: list[dict], scales: torch.Tensor, codec: BoxCodec
+) -> list[dict]:
     """Map boxes from the network's input frame back to the files' pixels."""
     return [
-        {**det, "boxes": boxes_to_original(det["boxes"], scale)}
+        {**det, "boxes": boxes_to_original(det["boxes"], scale, codec)}
         for det, scale in zip(detections, scales)
     ]
 
 
+class EvaluatedModel(Protocol):
+    """What evaluation needs of a model: ``model(batch)`` in eval mode returns
+    ``{"fused", "fused_rgb", "detections"}`` (as :class:`e2emfd.models.E2EMFD` does), its
+    box kind and the size divisor its batches are padded to."""
+
+    box_codec: BoxCodec
+    size_divisor: int
+
+    def __call__(self, batch: dict) -> dict: ...
+
+    def eval(self): ...
+
+
 def iterate_predictions(
-    model: torch.nn.Module,
+    model: EvaluatedModel,
     dataset,
     device: torch.device,
     batch_size: int = 4,
@@ -37,10 +53,9 @@ def iterate_predictions(
     max_images: int | None = None,
     progress: bool = False,
     num_workers: int = 0,
-    size_divisor: int = 32,
 ) -> Iterator[tuple[dict, dict]]:
-    """Yield ``(batch, outputs)`` for the dataset in order, the model in eval mode; the
-    batch on the CPU, outputs moved to the CPU."""
+    """Yield ``(batch, outputs)`` for the dataset in order, the model in eval mode, batches
+    padded to the model's size divisor; the batch on the CPU, outputs moved to the CPU."""
     subset = dataset
     if max_images is not None and max_images < len(dataset):
         subset = torch.utils.data.Subset(dataset, range(max_images))
@@ -49,7 +64,7 @@ def iterate_predictions(
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=make_collate(size_divisor),
+        collate_fn=make_collate(model.size_divisor),
     )
     was_training = model.training
     model.eval()
@@ -105,18 +120,24 @@ def rotated_scores(predictions: list[dict], ground_truths: list[dict], class_nam
     }
 
 
-def _mean_table(rows: list[dict]) -> dict:
-    if not rows:
-        return {}
-    conventions = rows[0].keys()
-    return {
-        conv: {name: sum(r[conv][name] for r in rows) / len(rows) for name in rows[0][conv]}
-        for conv in conventions
-    }
+def _mean_table(rows: list[dict], image_ids: list[str]) -> tuple[dict, dict]:
+    """Per convention, each metric's mean over the images where it is defined (None where
+    it is defined for none), and ``{conv: {metric: [image ids]}}`` of the images where it
+    is not (see :mod:`e2emfd.metrics.fusion_summary`)."""
+    from e2emfd.metrics.fusion_summary import summarize
+
+    means, undefined = {}, {}
+    for conv in rows[0]:
+        summary = summarize([(i, r[conv]) for i, r in zip(image_ids, rows)], rows[0][conv])
+        means[conv] = {name: s.mean for name, s in summary.items()}
+        missing = {name: s.undefined for name, s in summary.items() if s.undefined}
+        if missing:
+            undefined[conv] = missing
+    return means, undefined
 
 
 def evaluate(
-    model: torch.nn.Module,
+    model: EvaluatedModel,
     dataset,
     device: torch.device,
     class_names: list[str],
@@ -133,14 +154,16 @@ def evaluate(
     all-point mAP50) and fusion metrics (means per convention) of ``model`` on
     ``dataset``, in the files' pixel frame. ``subsets`` (name -> dataset indices) adds
     ``"detection_by_subset"``: the detection scores of each subset of images, from the
-    same predictions.
+    same predictions. A fusion metric's mean is over the images where it is defined;
+    ``"fusion_undefined"`` (only when there are any) lists the others.
 
     The diffusion detector starts from random boxes; they are drawn from a generator
     seeded with ``seed`` (the caller's random state is left as it was), so the same model
     scores the same on the same data whatever ran before."""
     from e2emfd.metrics.detection import coco_evaluate, voc_evaluate
 
-    predictions, ground_truths, fusion_rows = [], [], []
+    codec = model.box_codec
+    predictions, ground_truths, fusion_rows, fusion_ids = [], [], [], []
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -149,13 +172,15 @@ def evaluate(
         ):
             sizes = batch["image_sizes"].tolist()
             if outputs["detections"] is not None:
-                predictions += predictions_to_original(outputs["detections"], batch["scales"])
+                predictions += predictions_to_original(
+                    outputs["detections"], batch["scales"], codec
+                )
                 for target, scale, orig in zip(
                     batch["targets"], batch["scales"], batch["orig_sizes"]
                 ):
                     ground_truths.append(
                         {
-                            "boxes": boxes_to_original(target["boxes"], scale),
+                            "boxes": boxes_to_original(target["boxes"], scale, codec),
                             "labels": target["labels"],
                             "difficult": target["difficult"],
                             "height": int(orig[0]),
@@ -172,11 +197,12 @@ def evaluate(
                             conventions,
                         )
                     )
+                    fusion_ids.append(batch["image_ids"][i])
     result: dict = {"num_images": len(predictions) or len(fusion_rows)}
     if predictions:
 
         def score(preds: list[dict], truths: list[dict]) -> dict:
-            if preds[0]["boxes"].shape[-1] == 5:
+            if codec.kind == "obb":
                 return rotated_scores(preds, truths, class_names)
             return coco_evaluate(preds, truths, class_names)
 
@@ -192,5 +218,7 @@ def evaluate(
                 scores = voc_evaluate(predictions, ground_truths, class_names, use_07_metric=use_07)
                 result["detection"][name] = scores["mAP"]
     if fusion_rows:
-        result["fusion"] = _mean_table(fusion_rows)
+        result["fusion"], undefined = _mean_table(fusion_rows, fusion_ids)
+        if undefined:
+            result["fusion_undefined"] = undefined
     return result

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from e2emfd.models.color import restore_color
+from e2emfd.models.detection import DetectionHead
 from e2emfd.models.e2emfd import E2EMFD
 
 
@@ -64,26 +64,27 @@ class GraphedInference:
         if not (self.fusion or self.detection):
             raise ValueError("nothing to run: the model has neither of the requested heads")
         self.model = model.eval()
+        self.tasks = tuple(
+            task for task, wanted in (("detection", self.detection), ("fusion", self.fusion))
+            if wanted
+        )
         self.bf16 = bf16 and device.type == "cuda"
         self.shape = (batch_size, height, width)
-        padded = (math.ceil(height / 32) * 32, math.ceil(width / 32) * 32)
+        divisor = model.size_divisor
+        padded = (math.ceil(height / divisor) * divisor, math.ceil(width / divisor) * divisor)
         # static inputs: the graph reads these addresses; __call__ copies new images in
         self._vis = torch.zeros(batch_size, 3, *padded, device=device)
         self._ir = torch.zeros(batch_size, 1, *padded, device=device)
-        self._outputs: dict[str, Tensor] = {}
+        self._sizes = torch.tensor([[height, width]] * batch_size, device=device)
+        self._outputs: dict = {}
+        self._noise = None
         if self.detection:
-            det = model.detector.cfg
-            self.num_proposals = det.inference_proposals(num_proposals)
-            self.sampling_steps = sampling_steps or det.sampling_steps
-            sizes = torch.tensor([[height, width]] * batch_size, device=device)
-            self._scale = model.detector.box_scale(sizes)
-            self._noise = torch.zeros(
-                self.sampling_steps,
-                batch_size,
-                self.num_proposals,
-                model.detector.box_dim,
-                device=device,
-            )
+            head: DetectionHead = model.detector
+            self.num_proposals = head.cfg.inference_proposals(num_proposals)
+            self.sampling_steps = sampling_steps or head.cfg.sampling_steps
+            self._noise = head.draw_noise(
+                batch_size, self.num_proposals, self.sampling_steps, device
+            ).zero_()
 
         self.graph: torch.cuda.CUDAGraph | None = None
         if device.type != "cuda" or not graph:
@@ -98,29 +99,18 @@ class GraphedInference:
         with torch.cuda.graph(self.graph):
             self._outputs = self._forward()
 
-    def _forward(self) -> dict[str, Tensor]:
-        model = self.model
-        out: dict[str, Tensor] = {}
+    def _forward(self) -> dict:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
         with torch.no_grad(), autocast:
-            vis, ir = model._layout(self._vis, self._ir)
-            features = model.backbone(vis, ir)
-            if self.fusion:
-                fused = model.fusion(features, vis, ir)["fused"]
-                out["fused"] = fused
-                out["fused_rgb"] = restore_color(fused, vis.float(), model.cfg.fusion.color)
-            if self.detection:
-                head = model.detector
-                feats = [features[name] for name in head.feature_names]
-                scores, labels, boxes = head.candidates(feats, self._scale, self._noise)
-                out.update(scores=scores, labels=labels, boxes=boxes)
-        return out
+            return self.model.infer(
+                self._vis, self._ir, self._sizes, self._noise, tasks=self.tasks
+            )
 
     def __call__(self, vis: Tensor, ir: Tensor, noise: Tensor | None = None) -> dict:
         """vis (B, 3, H, W) and ir (B, 1, H, W) in [0, 1] on the model's device, at the
         runner's shape.
 
-        ``noise``: every random draw of the DDIM loop, (steps, B, N, box_dim) (see the
+        ``noise``: every random draw of the DDIM loop, (steps, B, N, dim) (see the
         head's ``candidates``); default fresh Gaussian noise from the global generator,
         drawn as the eager head draws it, so the same seed gives the same detections.
 
@@ -145,11 +135,8 @@ class GraphedInference:
             self._outputs = self._forward()
         else:
             self.graph.replay()
-        out: dict = {"fused": None, "fused_rgb": None, "detections": None}
-        if self.fusion:
-            out["fused"] = self._outputs["fused"][..., :h, :w].clone()
-            out["fused_rgb"] = self._outputs["fused_rgb"][..., :h, :w].clone()
-        if self.detection:
-            candidates = tuple(self._outputs[k] for k in ("scores", "labels", "boxes"))
-            out["detections"] = self.model.detector.select(candidates, self._scale)
+        out = self.model.finish(self._outputs)
+        for key in ("fused", "fused_rgb"):
+            if out[key] is not None:  # the caller's own copy, in the unpadded frame
+                out[key] = out[key][..., :h, :w].clone()
         return out

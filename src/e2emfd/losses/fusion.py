@@ -1,4 +1,4 @@
-"""The fusion loss (spec 2.3): pixel intensity with an object mask, multi-scale gradient,
+"""The fusion loss (paper, section 3.3): pixel intensity with an object mask, multi-scale gradient,
 and SSIM against both sources.
 
 All terms are averaged over each image's valid (unpadded) area, and the object mask is
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from e2emfd.boxes import BoxCodec, box_codec
 from e2emfd.config import FusionConfig
 
 
@@ -73,30 +74,16 @@ def valid_mask(image_sizes: Tensor, height: int, width: int) -> Tensor:
     return (inside_r[:, :, None] & inside_c[:, None, :]).unsqueeze(1).float()
 
 
-def box_mask(boxes: list[Tensor], height: int, width: int, device=None) -> Tensor:
-    """(B, 1, H, W) mask, 1 inside any of each image's boxes (xyxy pixels, or rotated
-    (cx, cy, w, h, angle) boxes), per image.
-
-    A pixel (row i, col j) with centre (j + 0.5, i + 0.5) is inside a box when the centre is.
-    """
+def box_mask(
+    boxes: list[Tensor], height: int, width: int, codec: BoxCodec, device=None
+) -> Tensor:
+    """(B, 1, H, W) mask, 1 inside any of each image's boxes (of the codec's kind), per
+    image. A pixel (row i, col j) with centre (j + 0.5, i + 0.5) is inside a box when the
+    centre is."""
     out = torch.zeros(len(boxes), 1, height, width, device=device)
-    if not boxes or all(len(b) == 0 for b in boxes):
-        return out
-    if boxes[0].shape[-1] == 5:  # rotated boxes (cx, cy, w, h, angle)
-        from e2emfd.ops.rotated import rotated_box_mask
-
-        for i, b in enumerate(boxes):
-            out[i, 0] = rotated_box_mask(b.to(device), height, width).float()
-        return out
-    ys = torch.arange(height, device=device, dtype=torch.float32) + 0.5
-    xs = torch.arange(width, device=device, dtype=torch.float32) + 0.5
     for i, b in enumerate(boxes):
-        if len(b) == 0:
-            continue
-        b = b.to(device=device, dtype=torch.float32)
-        in_y = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] < b[:, 3:4])  # (N, H)
-        in_x = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] < b[:, 2:3])  # (N, W)
-        out[i, 0] = (in_y[:, :, None] & in_x[:, None, :]).any(0).float()
+        if len(b):
+            out[i, 0] = codec.mask(b.to(device), height, width).float()
     return out
 
 
@@ -111,19 +98,22 @@ def fusion_loss(
     boxes: list[Tensor] | None = None,
     image_sizes: Tensor | None = None,
     cfg: FusionConfig | None = None,
+    codec: BoxCodec | None = None,
 ) -> dict[str, Tensor]:
     """The weighted fusion loss terms.
 
     fused, ir, lum: (B, 1, H, W) in [0, 1] (lum is the visible luminance that was fused);
-    boxes: per image (N_i, 4) xyxy pixels (or None/empty: no object mask, e.g. TNO);
+    boxes: per image (N_i, dim) pixel boxes of the ``codec``'s kind (default axis-aligned
+    xyxy), or None/empty: no object mask (e.g. TNO);
     image_sizes: (B, 2) [h, w] of the unpadded images (None: no padding).
     Returns ``loss_ssim``, ``loss_grad``, ``loss_pixel`` (already weighted).
     """
     cfg = cfg or FusionConfig()
+    codec = codec or box_codec("hbb")
     b, _, h, w = fused.shape
     fused, ir, lum = fused.float(), ir.float(), lum.float()
     valid = valid_mask(image_sizes, h, w) if image_sizes is not None else fused.new_ones(b, 1, h, w)
-    objects = box_mask(boxes or [torch.zeros(0, 4)] * b, h, w, fused.device) * valid
+    objects = box_mask(boxes or [torch.zeros(0, codec.dim)] * b, h, w, codec, fused.device) * valid
     background = valid - objects
 
     target_fg = (lum + ir).clamp(max=1.0).detach()

@@ -1,9 +1,11 @@
 """The E2E-MFD network: one shared backbone, the ORPPT fusion head and the CFDP detection
-head, trained together (spec 1-2).
+head, trained together (paper, section 3).
 
 ``model(batch)`` in training mode returns each task's loss (the trainer balances them);
 in eval mode it returns the fused image and the detections. ``fuse`` and ``detect`` are
-the tensor-level APIs for arbitrary image sizes.
+the tensor-level APIs for arbitrary image sizes. All inference goes through
+:meth:`E2EMFD.infer` (the network up to NMS, fixed shapes), which the CUDA-graph runner
+captures too.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from e2emfd.boxes import box_codec
 from e2emfd.config import ModelConfig
 from e2emfd.losses.fusion import fusion_loss
 from e2emfd.models.backbone import SharedBackbone
 from e2emfd.models.color import restore_color
+from e2emfd.models.detection import CFDPHead
 from e2emfd.models.orppt import ORPPTHead
 
 TASKS = ("detection", "fusion")
@@ -54,13 +58,11 @@ class E2EMFD(nn.Module):
         self.backbone = SharedBackbone(cfg.backbone, cfg.modality)
         channels = self.backbone.out_channels
         self.fusion = ORPPTHead(cfg.fusion, channels) if cfg.fusion.enabled else None
+        # the fusion loss's object mask needs the box kind, with or without a detection head
+        self.box_codec = box_codec(cfg.detection.boxes)
         self.detector = None
         if cfg.detection.enabled:
-            from e2emfd.models.detection import CFDPHead
-            from e2emfd.models.detection.rotated import RotatedCFDPHead
-
-            head = RotatedCFDPHead if cfg.detection.boxes == "obb" else CFDPHead
-            self.detector = head(
+            self.detector = CFDPHead(
                 cfg.detection,
                 channels,
                 tuple(self.backbone.names[:4]),
@@ -70,7 +72,17 @@ class E2EMFD(nn.Module):
         if cfg.channels_last:
             self.to(memory_format=torch.channels_last)
 
-    def _layout(self, *images: Tensor) -> tuple[Tensor, ...]:
+    @property
+    def size_divisor(self) -> int:
+        """Images are zero-padded to multiples of this (``model.size_divisor``)."""
+        return self.cfg.size_divisor
+
+    def pad(self, image: Tensor) -> Tensor:
+        """(B, C, H, W) zero-padded at the bottom/right to multiples of the size divisor."""
+        return pad_batch(image, self.size_divisor)
+
+    def layout(self, *images: Tensor) -> tuple[Tensor, ...]:
+        """The inputs in the memory layout the convolutions run in (``channels_last``)."""
         if not self.cfg.channels_last:
             return images
         return tuple(x.contiguous(memory_format=torch.channels_last) for x in images)
@@ -93,7 +105,8 @@ class E2EMFD(nn.Module):
         self, batch: dict, tasks: tuple[str, ...] | None = None, feature_leaves: bool = False
     ) -> dict:
         """batch: ``vis`` (B, 3, H, W), ``ir`` (B, 1, H, W) in [0, 1], H and W multiples of
-        32; ``image_sizes`` (B, 2); ``targets`` (training) as built by the collate.
+        the size divisor; ``image_sizes`` (B, 2); ``targets`` (training) as built by the
+        collate.
 
         Training: ``{"losses": {task: scalar}, "terms": {name: scalar}}``; with
         ``feature_leaves`` the heads read detached copies of the pyramid and the output also
@@ -103,41 +116,94 @@ class E2EMFD(nn.Module):
         "detections": list of B dicts or None}``, in the padded input frame.
         """
         tasks = self.tasks if tasks is None else tuple(t for t in tasks if t in self.tasks)
-        vis, ir = self._layout(batch["vis"], batch["ir"])
+        if not self.training:
+            inferred = self.infer(batch["vis"], batch["ir"], batch["image_sizes"], tasks=tasks)
+            return self.finish(inferred)
+        vis, ir = self.layout(batch["vis"], batch["ir"])
         sizes = batch["image_sizes"]
         features = self.backbone(vis, ir)
         trunk = None
-        if self.training and feature_leaves:
+        if feature_leaves:
             trunk = features
             features = {k: v.detach().requires_grad_() for k, v in features.items()}
-        if self.training:
-            # Losses in TASKS order (detection, fusion): the balancer's statistics
-            # (norm ratio |g_det| / |g_fus|) follow it.
-            losses, terms = {}, {}
-            if "detection" in tasks:
-                parts = self.detector(features, sizes, batch["targets"])
-                losses["detection"] = sum(parts.values())
-                terms.update(parts)
-            if "fusion" in tasks:
-                out = self.fusion(features, vis, ir)
-                boxes = [t["boxes"] for t in batch["targets"]]
-                parts = fusion_loss(
-                    out["fused"], ir, out["luminance"], boxes, sizes, self.cfg.fusion
-                )
-                losses["fusion"] = sum(parts.values())
-                terms.update(parts)
-            out = {"losses": losses, "terms": terms}
-            if trunk is not None:
-                out["features"] = (list(trunk.values()), list(features.values()))
-            return out
-        result: dict = {"fused": None, "fused_rgb": None, "detections": None}
+        # Losses in TASKS order (detection, fusion): the balancer's statistics
+        # (norm ratio |g_det| / |g_fus|) follow it.
+        losses, terms = {}, {}
+        if "detection" in tasks:
+            parts = self.detector(features, sizes, batch["targets"])
+            losses["detection"] = sum(parts.values())
+            terms.update(parts)
+        if "fusion" in tasks:
+            out = self.fusion(features, vis, ir)
+            boxes = [t["boxes"] for t in batch["targets"]]
+            parts = fusion_loss(
+                out["fused"], ir, out["luminance"], boxes, sizes, self.cfg.fusion, self.box_codec
+            )
+            losses["fusion"] = sum(parts.values())
+            terms.update(parts)
+        out = {"losses": losses, "terms": terms}
+        if trunk is not None:
+            out["features"] = (list(trunk.values()), list(features.values()))
+        return out
+
+    def infer(
+        self,
+        vis: Tensor,
+        ir: Tensor,
+        image_sizes: Tensor,
+        noise: Tensor | None = None,
+        *,
+        tasks: tuple[str, ...] | None = None,
+        num_proposals: int | None = None,
+        sampling_steps: int | None = None,
+    ) -> dict:
+        """The inference forward up to NMS, with fixed shapes and no host synchronisation
+        (what a CUDA graph captures).
+
+        vis (B, 3, H, W), ir (B, 1, H, W) in [0, 1], H and W multiples of the size
+        divisor; image_sizes (B, 2) [h, w] before padding. ``noise``: every random draw of
+        the detector's DDIM loop, (steps, B, N, dim); default: drawn from the global
+        generator, with the config's (or the given) proposals and steps.
+
+        Returns ``{"fused": (B, 1, H, W) luminance, "fused_rgb": (B, 3|1, H, W),
+        "candidates": (scores, labels, boxes) before NMS, "scale": (B, 4) box scale}``
+        (None for a task not run), in the padded input frame; :meth:`finish` selects the
+        detections.
+        """
+        tasks = self.tasks if tasks is None else tuple(t for t in tasks if t in self.tasks)
+        vis, ir = self.layout(vis, ir)
+        features = self.backbone(vis, ir)
+        out: dict = {"fused": None, "fused_rgb": None, "candidates": None, "scale": None}
         if "fusion" in tasks:
             fused = self.fusion(features, vis, ir)["fused"]
-            result["fused"] = fused
-            result["fused_rgb"] = restore_color(fused, vis.float(), self.cfg.fusion.color)
+            out["fused"] = fused
+            out["fused_rgb"] = restore_color(fused, vis.float(), self.cfg.fusion.color)
         if "detection" in tasks:
-            result["detections"] = self.detector(features, sizes)
-        return result
+            head = self.detector
+            scale = head.box_scale(torch.as_tensor(image_sizes).to(vis.device))
+            if noise is None:
+                noise = head.draw_noise(
+                    vis.shape[0],
+                    head.cfg.inference_proposals(num_proposals),
+                    sampling_steps or head.cfg.sampling_steps,
+                    vis.device,
+                )
+            feats = [features[name] for name in head.feature_names]
+            out["candidates"] = head.candidates(feats, scale, noise)
+            out["scale"] = scale
+        return out
+
+    def finish(self, inferred: dict) -> dict:
+        """:meth:`infer`'s output -> ``{"fused", "fused_rgb", "detections"}``: NMS on the
+        candidates, B dicts {"boxes", "scores", "labels"} (None without detection)."""
+        detections = None
+        if inferred["candidates"] is not None:
+            detections = self.detector.select(inferred["candidates"], inferred["scale"])
+        return {
+            "fused": inferred["fused"],
+            "fused_rgb": inferred["fused_rgb"],
+            "detections": detections,
+        }
 
     @torch.no_grad()
     def fuse(self, vis: Tensor, ir: Tensor, color: str | None = None) -> Tensor:
@@ -145,22 +211,25 @@ class E2EMFD(nn.Module):
         H, W: (B, 3, H, W) RGB, or (B, 1, H, W) for ``color="gray"``."""
         if self.fusion is None:
             raise ValueError("this model has no fusion head (model.fusion.enabled=false)")
-        h, w = vis.shape[-2:]
-        vis_p, ir_p = self._layout(pad_batch(vis), pad_batch(ir))
-        features = self.backbone(vis_p, ir_p)
-        fused = self.fusion(features, vis_p, ir_p)["fused"][..., :h, :w]
-        return restore_color(fused, vis.float(), color or self.cfg.fusion.color)
+        b, _, h, w = vis.shape
+        sizes = torch.tensor([[h, w]] * b, device=vis.device)
+        out = self.infer(self.pad(vis), self.pad(ir), sizes, tasks=("fusion",))
+        if color is None or color == self.cfg.fusion.color:
+            # colour restoration is per pixel: the crop of the padded result is the result
+            return out["fused_rgb"][..., :h, :w]
+        return restore_color(out["fused"][..., :h, :w], vis.float(), color)
 
     @torch.no_grad()
     def detect(self, vis: Tensor, ir: Tensor, **kwargs) -> list[dict[str, Tensor]]:
-        """Detections for one batch of same-size images in [0, 1], any H, W; boxes xyxy in
-        the input's pixels. kwargs (``num_proposals``, ``sampling_steps``) go to the head."""
+        """Detections for one batch of same-size images in [0, 1], any H, W; boxes in the
+        input's pixels. kwargs: ``noise``, ``num_proposals``, ``sampling_steps`` (see
+        :meth:`infer`)."""
         if self.detector is None:
             raise ValueError("this model has no detection head (model.detection.enabled=false)")
         b, _, h, w = vis.shape
-        features = self.backbone(*self._layout(pad_batch(vis), pad_batch(ir)))
         sizes = torch.tensor([[h, w]] * b, device=vis.device)
-        return self.detector(features, sizes, **kwargs)
+        out = self.infer(self.pad(vis), self.pad(ir), sizes, tasks=("detection",), **kwargs)
+        return self.finish(out)["detections"]
 
 
 def build_model(cfg: ModelConfig) -> E2EMFD:

@@ -1,12 +1,9 @@
 """Tensor operations that torchvision does not provide: rotated boxes (le90)."""
 
 from e2emfd.ops.rotated import (
-    MultiLevelRotatedRoIAlign,
-    assign_rotated_levels,
     clip_convex_polygons,
     hflip_obb,
     min_area_rect,
-    multilevel_rotated_roi_align,
     normalize_le90,
     obb_to_hbb,
     obb_to_poly,
@@ -23,12 +20,9 @@ from e2emfd.ops.rotated import (
 )
 
 __all__ = [
-    "MultiLevelRotatedRoIAlign",
-    "assign_rotated_levels",
     "clip_convex_polygons",
     "hflip_obb",
     "min_area_rect",
-    "multilevel_rotated_roi_align",
     "normalize_le90",
     "obb_to_hbb",
     "obb_to_poly",

@@ -28,19 +28,13 @@ import torch
 from torch import Tensor
 
 from .rotated_roi_align import (
-    MultiLevelRotatedRoIAlign,
-    assign_rotated_levels,
-    multilevel_rotated_roi_align,
     rotated_roi_align,
 )
 
 __all__ = [
-    "MultiLevelRotatedRoIAlign",
-    "assign_rotated_levels",
     "clip_convex_polygons",
     "hflip_obb",
     "min_area_rect",
-    "multilevel_rotated_roi_align",
     "normalize_le90",
     "obb_to_hbb",
     "obb_to_poly",

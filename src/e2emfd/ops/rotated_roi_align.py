@@ -1,4 +1,5 @@
-"""Rotated RoIAlign by bilinear sampling (``grid_sample``), single- and multi-level.
+"""Rotated RoIAlign by bilinear sampling (``grid_sample``); the CFDP head's multi-level
+pooler (:class:`e2emfd.models.detection.pooler.MultiLevelRoIAlign`) calls it per level.
 
 A rotated RoI ``(batch, cx, cy, w, h, angle)`` (input pixels, the convention of
 :mod:`e2emfd.ops.rotated`) is cut into ``S_h x S_w`` bins in its own frame: output column
@@ -11,12 +12,11 @@ map reads 0, one closer than that reads the nearest border pixel.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -97,87 +97,3 @@ def rotated_roi_align(
     samples = samples * inside[:, None].to(dtype)
     pooled = samples.view(k, c, out_h, sampling_ratio, out_w, sampling_ratio).mean((3, 5))
     return pooled.to(features.dtype)
-
-
-def assign_rotated_levels(
-    boxes: Tensor,
-    strides: Sequence[int],
-    canonical_size: float = 224.0,
-    canonical_level: int = 4,
-) -> Tensor:
-    """Index into ``strides`` of the pyramid level for each rotated box (..., 5): FPN's rule
-    on ``sqrt(w * h)`` (the same as the axis-aligned pooler's, on the rotated box's area)."""
-    side = (boxes[..., 2] * boxes[..., 3]).clamp(min=0).sqrt()
-    level = torch.floor(canonical_level + torch.log2(side / canonical_size + 1e-8))
-    first = math.log2(strides[0])
-    return (level - first).clamp(0, len(strides) - 1).long()
-
-
-def multilevel_rotated_roi_align(
-    features: Sequence[Tensor],
-    rois: Tensor,
-    strides: Sequence[int],
-    output_size: int | Sequence[int] = 7,
-    sampling_ratio: int = 2,
-    canonical_size: float = 224.0,
-    canonical_level: int = 4,
-) -> Tensor:
-    """Rotated RoIAlign of each RoI (K, 6) on the level that suits its size.
-
-    features: one (B, C, H_l, W_l) map per stride, finest first. Returns (K, C, S_h, S_w).
-    """
-    if len(features) != len(strides):
-        raise ValueError(f"{len(features)} feature maps for {len(strides)} strides")
-    out_h, out_w = _pair(output_size)
-    levels = assign_rotated_levels(rois[:, 1:], strides, canonical_size, canonical_level)
-    out = features[0].new_zeros((rois.shape[0], features[0].shape[1], out_h, out_w))
-    for i, (feature, stride) in enumerate(zip(features, strides)):
-        index = torch.nonzero(levels == i).squeeze(1)
-        if index.numel():
-            pooled = rotated_roi_align(
-                feature, rois[index], (out_h, out_w), 1.0 / stride, sampling_ratio
-            )
-            out = out.index_copy(0, index, pooled)
-    return out
-
-
-class MultiLevelRotatedRoIAlign(nn.Module):
-    """Rotated counterpart of the CFDP head's ``MultiLevelRoIAlign``: B x N boxes pooled
-    over a feature pyramid, each from the level its size selects."""
-
-    def __init__(
-        self,
-        strides: Sequence[int] = (4, 8, 16, 32),
-        output_size: int = 7,
-        sampling_ratio: int = 2,
-        canonical_size: float = 224.0,
-        canonical_level: int = 4,
-    ) -> None:
-        super().__init__()
-        for a, b in zip(strides[:-1], strides[1:]):
-            if b != 2 * a:
-                raise ValueError(f"strides must double from level to level, got {tuple(strides)}")
-        self.strides = tuple(strides)
-        self.output_size = output_size
-        self.sampling_ratio = sampling_ratio
-        self.canonical_size = canonical_size
-        self.canonical_level = canonical_level
-
-    def forward(self, features: list[Tensor], boxes: Tensor) -> Tensor:
-        """features: one (B, C, H_l, W_l) map per stride; boxes: (B, N, 5) rotated, pixels.
-
-        Returns (B * N, C, S, S), image-major (box n of image b at row b * N + n).
-        """
-        b, n = boxes.shape[:2]
-        flat = boxes.reshape(b * n, 5).float()
-        batch_idx = torch.arange(b, device=boxes.device, dtype=flat.dtype).repeat_interleave(n)
-        rois = torch.cat([batch_idx[:, None], flat], dim=1)
-        return multilevel_rotated_roi_align(
-            features,
-            rois,
-            self.strides,
-            self.output_size,
-            self.sampling_ratio,
-            self.canonical_size,
-            self.canonical_level,
-        )

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .boxes import BOX_DIM, apply_deltas
+from e2emfd.boxes import BoxCodec
 
 
 class SinusoidalTimeEmbedding(nn.Module):
@@ -89,11 +89,13 @@ def _linear_norm_relu(hidden: int, num: int) -> nn.Sequential:
 
 
 class RefinementStage(nn.Module):
-    """One cascade stage. ``hidden`` must equal the channel count of the RoI features."""
+    """One cascade stage. ``hidden`` must equal the channel count of the RoI features; the
+    box regression has one output per number of the ``codec``'s boxes, decoded by it."""
 
     def __init__(
         self,
         num_classes: int,
+        codec: BoxCodec,
         hidden: int = 256,
         num_heads: int = 8,
         dim_dynamic: int = 64,
@@ -106,6 +108,7 @@ class RefinementStage(nn.Module):
     ) -> None:
         super().__init__()
         self.hidden = hidden
+        self.codec = codec
         self.self_attn = nn.MultiheadAttention(hidden, num_heads, dropout=dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(hidden)
         self.inst_interact = DynamicConv(hidden, dim_dynamic, num_dynamic, pooler_resolution)
@@ -122,7 +125,7 @@ class RefinementStage(nn.Module):
         self.cls_tower = _linear_norm_relu(hidden, num_cls_layers)
         self.reg_tower = _linear_norm_relu(hidden, num_reg_layers)
         self.class_logits = nn.Linear(hidden, num_classes)
-        self.box_deltas = nn.Linear(hidden, BOX_DIM)
+        self.box_deltas = nn.Linear(hidden, codec.dim)
 
     def forward(
         self,
@@ -132,11 +135,11 @@ class RefinementStage(nn.Module):
         time_emb: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """
-        roi_features: (B * N, hidden, S, S), image-major; boxes: (B, N, 4) pixel xyxy;
+        roi_features: (B * N, hidden, S, S), image-major; boxes: (B, N, dim) pixels;
         pro_features: (B, N, hidden) or None (first stage: the mean RoI feature);
         time_emb: (B, 4 * hidden).
 
-        Returns class logits (B, N, num_classes), refined boxes (B, N, 4) float32 and the
+        Returns class logits (B, N, num_classes), refined boxes (B, N, dim) float32 and the
         object features (B, N, hidden) for the next stage.
         """
         b, n = boxes.shape[:2]
@@ -154,4 +157,4 @@ class RefinementStage(nn.Module):
         fc = obj * (scale + 1) + shift
         logits = self.class_logits(self.cls_tower(fc))
         deltas = self.box_deltas(self.reg_tower(fc))
-        return logits, apply_deltas(deltas, boxes), obj
+        return logits, self.codec.apply_deltas(deltas, boxes), obj

@@ -3,30 +3,20 @@
 Each ground-truth box takes the ``k`` cheapest proposals, where ``k`` is the rounded-down
 sum of its ``ota_k`` best IoUs (at least 1); a proposal claimed by several boxes keeps
 only its cheapest one, and a box left with none then takes the cheapest free proposal.
-The cost is the focal classification cost + L1 on normalised boxes - GIoU, plus a large
-penalty for proposals whose centre is not both inside the box and inside its centre
-region, and a larger one for proposals whose centre is near no box at all.
+The cost is the focal classification cost + L1 on normalised boxes - an overlap term, plus
+a large penalty for proposals whose centre is not both inside the box and inside its
+centre region, and a larger one for proposals whose centre is near no box at all. The box
+kind's codec supplies the geometric terms: for axis-aligned boxes GIoU (and IoU for
+dynamic k), for rotated boxes the exact rotated IoU, an angle term in the L1 and a centre
+prior in each box's own frame.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou, generalized_box_iou
 
-
-def centre_prior(boxes: Tensor, gt_boxes: Tensor, radius: float = 2.5) -> tuple[Tensor, Tensor]:
-    """Where proposal centres lie relative to the ground truth; pixel xyxy (N, 4), (G, 4).
-
-    Returns two (N, G) bool masks: centre strictly inside the box, and centre strictly
-    inside the box's centre region (its centre +- ``radius`` x its width / height).
-    """
-    centres = (boxes[:, None, :2] + boxes[:, None, 2:]) / 2  # (N, 1, 2)
-    in_box = ((centres > gt_boxes[None, :, :2]) & (centres < gt_boxes[None, :, 2:])).all(-1)
-    gt_centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
-    reach = radius * (gt_boxes[:, 2:] - gt_boxes[:, :2])
-    in_centre = ((centres - gt_centres[None]).abs() < reach[None]).all(-1)
-    return in_box, in_centre
+from e2emfd.boxes import BoxCodec
 
 
 def focal_class_cost(prob: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
@@ -81,6 +71,7 @@ class DynamicKMatcher:
 
     def __init__(
         self,
+        codec: BoxCodec,
         cost_class: float = 2.0,
         cost_l1: float = 5.0,
         cost_giou: float = 2.0,
@@ -91,6 +82,7 @@ class DynamicKMatcher:
         outside_penalty: float = 100.0,
         background_penalty: float = 10000.0,
     ) -> None:
+        self.codec = codec
         self.cost_class = cost_class
         self.cost_l1 = cost_l1
         self.cost_giou = cost_giou
@@ -103,29 +95,29 @@ class DynamicKMatcher:
 
     @torch.no_grad()
     def cost_matrix(
-        self, logits: Tensor, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, whwh: Tensor
+        self, logits: Tensor, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, scale: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """logits (N, C), boxes (N, 4) pixel xyxy, gt_boxes (G, 4), gt_labels (G,),
-        whwh (4,) -> (cost (N, G), IoU (N, G)), both float32."""
-        boxes, gt_boxes, whwh = boxes.float(), gt_boxes.float(), whwh.float()
+        """logits (N, C), boxes (N, dim) pixels, gt_boxes (G, dim), gt_labels (G,), scale
+        (4,) the image's box scale -> (cost (N, G), IoU (N, G)), both float32."""
+        boxes, gt_boxes, scale = boxes.float(), gt_boxes.float(), scale.float()
         prob = logits.float().sigmoid()
         cost_class = focal_class_cost(prob, gt_labels, self.focal_alpha, self.focal_gamma)
-        cost_l1 = torch.cdist(boxes / whwh, gt_boxes / whwh, p=1)
-        giou = generalized_box_iou(boxes, gt_boxes)
-        in_box, in_centre = centre_prior(boxes, gt_boxes, self.centre_radius)
+        cost_l1 = self.codec.l1_cost(boxes, gt_boxes, scale)
+        overlap, iou = self.codec.overlap_cost(boxes, gt_boxes)
+        in_box, in_centre = self.codec.centre_prior(boxes, gt_boxes, self.centre_radius)
         cost = (
             self.cost_class * cost_class
             + self.cost_l1 * cost_l1
-            - self.cost_giou * giou
+            - self.cost_giou * overlap
             + self.outside_penalty * (~(in_box & in_centre)).float()
         )
         near_none = ~(in_box.any(1) | in_centre.any(1))
         cost = cost + self.background_penalty * near_none[:, None].float()
-        return cost, box_iou(boxes, gt_boxes)
+        return cost, iou
 
     @torch.no_grad()
     def __call__(
-        self, logits: Tensor, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, whwh: Tensor
+        self, logits: Tensor, boxes: Tensor, gt_boxes: Tensor, gt_labels: Tensor, scale: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Shapes as in :meth:`cost_matrix`. Returns ``(proposal_idx, gt_idx)``, two (M,)
         int64 tensors: proposal ``proposal_idx[m]`` is matched to box ``gt_idx[m]``."""
@@ -133,7 +125,7 @@ class DynamicKMatcher:
             empty = torch.zeros(0, dtype=torch.long, device=logits.device)
             return empty, empty
         with torch.autocast(logits.device.type, enabled=False):
-            cost, iou = self.cost_matrix(logits, boxes, gt_boxes, gt_labels, whwh)
+            cost, iou = self.cost_matrix(logits, boxes, gt_boxes, gt_labels, scale)
             matching = dynamic_k_assign(cost, iou, self.ota_k)
         proposal_idx = matching.any(1).nonzero().flatten()
         gt_idx = matching[proposal_idx].int().argmax(1)
