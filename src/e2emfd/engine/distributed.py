@@ -43,25 +43,6 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
-def allreduce_mean_(tensors: list[torch.Tensor]) -> None:
-    """Average tensors across ranks, in place (no-op in one process)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    world = dist.get_world_size()
-    for t in tensors:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        t.div_(world)
-
-
-def broadcast_object(obj):
-    """Rank 0's Python object on every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

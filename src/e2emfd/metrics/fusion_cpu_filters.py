@@ -233,19 +233,6 @@ def vifp_pair(f: np.ndarray, a: np.ndarray, b: np.ndarray, saturate: bool) -> np
         return num / den
 
 
-def _flat_rows(
-    flat: Tensor, used: int, taps: tuple[float, ...], out: Tensor, dtype: torch.dtype
-) -> None:
-    """Pass along the rows of ``used`` values of ``flat`` (zero slack of 2 blocks after
-    them) into ``out``; see :meth:`Band.rows`."""
-    first, second = _row_matrices(taps, dtype)
-    blocks = -(-used // _BLOCK)
-    x = flat[: (blocks + 1) * _BLOCK].view(blocks + 1, _BLOCK)
-    z = out[: blocks * _BLOCK].view(blocks, _BLOCK)
-    torch.mm(x[:-1], first, out=z)
-    z.addmm_(x[1:, : len(taps) - 1], second)
-
-
 # Map order of the SSIM filters: F, F^2, A, B, A^2, B^2, A F, B F (the references stacked).
 def _ssim_sources(ft, at, bt, prod):  # noqa: ARG001
     """(x, y) per map: a source rows (y None) or the product x * y written to ``prod``."""
