@@ -4,6 +4,7 @@ test split, written to metrics.json."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 DESCRIPTION = """\
 Evaluate a checkpoint on the test split of a config's dataset (data.test_split; override
@@ -12,7 +13,10 @@ with data.test_split=NAME or a path to an id list). Writes --out (default:
   detection   COCO AP50:95, AP50, AP75, APs/m/l, AR100, per-class AP (pycocotools), and
               VOC-style mAP50 (11-point VOC07 and all-point)
   fusion      EN SD SF AG MI SCD CC VIF Qabf Nabf SSIM PSNR MSE in both conventions
-              (python = CDDFuse evaluator, matlab = Tang toolbox), means over the split
+              (python = CDDFuse evaluator, matlab = Tang toolbox), means over the split;
+              a value the reference leaves undefined (0 / 0, e.g. CC of a constant image)
+              is left out of the mean, the images are named in a warning and listed in
+              fusion_undefined, and a mean over no image is null
 The model is the checkpoint's; the config supplies only the data section.
 """
 
@@ -36,19 +40,23 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
+    from e2emfd.cli.paths import output_file
     from e2emfd.config import load_config
     from e2emfd.data import build_dataset, build_transforms
     from e2emfd.engine.checkpoint import load_model_for_inference
     from e2emfd.engine.evaluate import evaluate
     from e2emfd.engine.runtime import resolve_device
+    from e2emfd.utils import results
 
     cfg = load_config(args.config, args.overrides)
+    out = output_file(Path(args.out) if args.out else Path(args.weights).parent / "metrics.json")
     device = resolve_device(args.device, setting="--device")
-    model, _ = load_model_for_inference(args.weights, device)
+    model, trained = load_model_for_inference(args.weights, device)
     dataset = build_dataset(cfg.data, cfg.data.test_split, build_transforms(cfg.data, train=False))
+    if model.detector is not None:
+        check_classes(args.weights, trained, dataset.classes)
     result = evaluate(
         model,
         dataset,
@@ -62,12 +70,46 @@ def run(args: argparse.Namespace) -> int:
     )
     result["weights"] = str(args.weights)
     result["split"] = cfg.data.test_split
-    out = Path(args.out) if args.out else Path(args.weights).parent / "metrics.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out.write_text(results.dumps(result, indent=2))
     print(format_result(result))
+    for line in undefined_warnings(result):
+        print(f"e2emfd eval: warning: {line}", file=sys.stderr)
     print(f"wrote {out}")
     return 0
+
+
+def check_classes(weights: str, trained, classes: list[str]) -> None:
+    """A detector scores only the classes it was trained on: a checkpoint whose class count
+    differs from the data's is an error that lists both."""
+    from e2emfd.cli.main import CommandError
+
+    count = trained.model.detection.num_classes
+    if count == len(classes):
+        return
+    names = list(trained.data.classes)
+    known = f" ({', '.join(names)})" if len(names) == count else ""
+    raise CommandError(
+        f"{weights}: the checkpoint's {count} classes{known} differ from the data's "
+        f"{len(classes)} ({', '.join(classes)}); evaluate it on data with its classes"
+    )
+
+
+def undefined_warnings(result: dict) -> list[str]:
+    """One line per fusion metric that is undefined for some images (from
+    ``result["fusion_undefined"]``), naming them and saying what the mean is over."""
+    from e2emfd.metrics.fusion_summary import MetricSummary
+    from e2emfd.metrics.fusion_summary import undefined_warnings as lines
+
+    total = result.get("num_images", 0)
+    out = []
+    for conv, metrics in result.get("fusion_undefined", {}).items():
+        summaries = {
+            name: MetricSummary(None, None, total - len(ids), total, ids)
+            for name, ids in metrics.items()
+        }
+        out += [f"fusion ({conv}) {line}" for line in lines(summaries)]
+    return out
 
 
 def format_result(result: dict) -> str:
@@ -88,5 +130,6 @@ def format_result(result: dict) -> str:
             + "  ".join(f"{k} {v:.3f}" for k, v in det["per_class_AP50"].items())
         )
     for conv, values in result.get("fusion", {}).items():
-        lines.append(f"fusion ({conv}): " + "  ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        shown = ("undefined" if v is None else f"{v:.3f}" for v in values.values())
+        lines.append(f"fusion ({conv}): " + "  ".join(f"{k} {v}" for k, v in zip(values, shown)))
     return "\n".join(lines)

@@ -17,6 +17,10 @@ DESCRIPTION = """\
 Evaluate every image of --fused against the --ir and --vi images with the same file stem
 (any image extension, case-insensitive). Prints the mean and standard deviation of each
 metric over the images, and with --out writes the per-image values (.json or .csv).
+Where a reference implementation divides by zero (CC and SCD with a constant image, the
+matlab VIF with a constant source, Qabf with two all-black sources, PSNR where the fused
+image equals both sources) the value is undefined: null in JSON, empty in CSV, left out of
+the mean (printed as "mean over N of M images"), and the images are named in a warning.
 
 Conventions (values differ between them; report which one you used):
   python  the CDDFuse Evaluator: OpenCV greyscale, 0-255 floats, MI in nats,
@@ -118,26 +122,34 @@ def pair_images(ir_dir: Path, vi_dir: Path, fused_dir: Path) -> list[tuple[str, 
 
 
 def _write(path: Path, convention: str, names, per_image, summary) -> None:
+    """Per-image values as JSON (undefined ones null, with the means, deviations and the
+    count of defined values per metric) or CSV (undefined ones empty)."""
     import csv
     import json
 
+    from e2emfd.metrics.fusion_summary import defined
+
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
+    images = {stem: {n: defined(v[n]) for n in names} for stem, v in per_image.items()}
     if suffix == ".json":
         payload = {
             "convention": convention,
             "metrics": list(names),
-            "mean": {n: summary[n][0] for n in names},
-            "std": {n: summary[n][1] for n in names},
-            "images": per_image,
+            "mean": {n: summary[n].mean for n in names},
+            "std": {n: summary[n].std for n in names},
+            "defined": {n: summary[n].count for n in names},
+            "images": images,
         }
-        path.write_text(json.dumps(payload, indent=2) + "\n")
+        path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
     else:
         with open(path, "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["image", *names])
-            for stem, values in per_image.items():
-                writer.writerow([stem, *(repr(values[n]) for n in names)])
+            for stem, values in images.items():
+                writer.writerow(
+                    [stem, *("" if values[n] is None else repr(values[n]) for n in names)]
+                )
 
 
 def _batches(pairs, batch_size: int) -> list[list[tuple[str, Path, Path, Path]]]:
@@ -231,26 +243,26 @@ def _evaluate(pairs, batches, convention, names, device, workers, progress_bar):
 
 
 def run(args: argparse.Namespace) -> int:
-    import math
-
     import torch
 
+    from e2emfd.cli.paths import output_file
+    from e2emfd.engine.runtime import resolve_device
     from e2emfd.metrics.fusion import resolve_metric_names
+    from e2emfd.metrics.fusion_summary import summarize, undefined_warnings
 
     names = resolve_metric_names(args.metrics)
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".json", ".csv"):
         raise CommandError(f"{out}: --out must end in .json or .csv")
+    if out is not None:
+        output_file(out)
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
         raise CommandError(f"--threads must be positive, got {args.threads}")
     if args.workers is not None and args.workers < 1:
         raise CommandError(f"--workers must be positive, got {args.workers}")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(args.device, setting="--device")
 
     pairs = pair_images(Path(args.ir), Path(args.vi), Path(args.fused))
     batches = _batches(pairs, args.batch_size)
@@ -266,17 +278,18 @@ def run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
 
-    summary = {}
-    for n in names:
-        column = [v[n] for v in per_image.values()]
-        mean = math.fsum(column) / len(column)
-        std = math.sqrt(math.fsum((x - mean) ** 2 for x in column) / len(column))
-        summary[n] = (mean, std)
+    summary = summarize(per_image, names)
     print(f"{len(pairs)} images, {args.convention} convention")
     print(f"{'metric':<8}{'mean':>14}{'std':>14}")
     for n in names:
-        mean, std = summary[n]
-        print(f"{n:<8}{mean:>14.6g}{std:>14.6g}")
+        s = summary[n]
+        if s.mean is None:
+            print(f"{n:<8}{'undefined':>14}{'':>14}  (no image has a defined value)")
+            continue
+        note = f"  (mean over {s.count} of {s.total} images)" if s.undefined else ""
+        print(f"{n:<8}{s.mean:>14.6g}{s.std:>14.6g}{note}")
+    for line in undefined_warnings(summary):
+        print(f"e2emfd eval-fusion: warning: {line}", file=sys.stderr)
     if out is not None:
         _write(out, args.convention, names, per_image, summary)
         print(f"per-image values written to {out}")

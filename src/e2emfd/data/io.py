@@ -41,6 +41,19 @@ def _looks_truncated(path: Path, data: bytes) -> bool:
     return False
 
 
+def check_not_truncated(path: str | Path) -> None:
+    """Raise :class:`ImageReadError` for a JPEG or PNG file cut short, reading only its
+    last bytes: for callers that decode with ``cv2.imread``, which accepts such a file
+    with a line on stderr (the fusion metrics, whose readers must match the references)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        size = fh.seek(0, 2)
+        fh.seek(max(0, size - 64))
+        tail = fh.read()
+    if size and _looks_truncated(path, tail):
+        raise ImageReadError(f"{path}: truncated image (no end-of-image marker)")
+
+
 def decode_image(path: str | Path) -> np.ndarray:
     """Decode a file as stored: (H, W) or (H, W, C) in BGR(A) order, uint8/uint16/float."""
     path = Path(path)

@@ -21,9 +21,11 @@ from e2emfd.engine.checkpoint import load_model_for_inference
 from e2emfd.engine.evaluate import evaluate, fusion_scores
 from e2emfd.engine.local import local_processes, train_locally
 from e2emfd.engine.trainer import CHECKPOINT_NAME
+from e2emfd.metrics.fusion_summary import summarize
 from e2emfd.models import build_model
 from e2emfd.models.baselines import BASELINES, fuse_baseline
 from e2emfd.mtl import TaskBalancer
+from e2emfd.utils import results
 
 CONVENTIONS = ("python", "matlab")
 ABOUT = {
@@ -109,24 +111,22 @@ def pick_scenes(data_root: Path, test_ids: list[str], per_condition: int = 2) ->
 
 
 def baseline_fusion_scores(dataset, conventions=CONVENTIONS) -> dict[str, dict[str, dict]]:
-    """Mean fusion metrics of the classical baselines on a dataset: {conv: {method: {...}}}."""
-    sums: dict = {}
-    count = 0
+    """Mean fusion metrics of the classical baselines on a dataset: {conv: {method: {...}}},
+    each over the images where it is defined (as the model's, in ``evaluate``)."""
+    rows: dict = {}
     for index in range(len(dataset)):
         sample = dataset[index]
         vis, ir = sample["vis"][None], sample["ir"][None]
-        count += 1
         for method in BASELINES:
             fused = fuse_baseline(vis, ir, method)[0]
             for conv, values in fusion_scores(
                 fused, sample["ir"], sample["vis"], conventions
             ).items():
-                table = sums.setdefault(conv, {}).setdefault(method, {})
-                for key, value in values.items():
-                    table[key] = table.get(key, 0.0) + value
+                per_image = rows.setdefault(conv, {}).setdefault(method, [])
+                per_image.append((sample["image_id"], values))
     return {
-        conv: {m: {k: v / count for k, v in vals.items()} for m, vals in methods.items()}
-        for conv, methods in sums.items()
+        conv: {m: {k: s.mean for k, s in summarize(r, r[0][1]).items()} for m, r in methods.items()}
+        for conv, methods in rows.items()
     }
 
 
@@ -188,7 +188,7 @@ def run_demo(
     experiment = _load_experiment(experiment_dir or out / "experiment_modality")
     write_demo_report(out, summary, chosen, scenes, curves, experiment)
     summary["total_minutes"] = round((time.monotonic() - start) / 60, 2)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(results.dumps(summary, indent=2))
     return summary
 
 

@@ -10,7 +10,6 @@ import random
 import numpy as np
 import torch
 
-
 DEVICES = "auto, cpu, cuda or cuda:N"
 
 

@@ -9,7 +9,6 @@ processes with DistributedDataParallel.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -37,6 +36,7 @@ from e2emfd.engine.runtime import autocast_context, move_batch, resolve_device, 
 from e2emfd.engine.sampler import TrainSampler
 from e2emfd.models import build_model
 from e2emfd.mtl import TaskBalancer, allreduce_mean, average_gradients
+from e2emfd.utils import results
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 
@@ -67,7 +67,8 @@ def training_tasks(cfg: Config, model_tasks: tuple[str, ...]) -> tuple[str, ...]
 
 
 class JsonlLog:
-    """Append-only JSON-lines file (train_log.jsonl, metrics.jsonl) for plots and reports."""
+    """Append-only JSON-lines file (train_log.jsonl, metrics.jsonl) for plots and reports;
+    a non-finite value (an AP with no ground truth) is written as null."""
 
     def __init__(self, path: Path, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
@@ -75,7 +76,7 @@ class JsonlLog:
     def write(self, record: dict) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(results.dumps(record) + "\n")
 
 
 def _all_finite(values: list[torch.Tensor], distributed: bool) -> bool:

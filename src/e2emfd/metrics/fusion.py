@@ -119,7 +119,10 @@ def fusion_metrics(
         metrics: names from :data:`METRIC_NAMES` (case-insensitive); ``None`` = all.
     Returns:
         ``{name: values}`` in the requested order; values are float64 of shape ``(B,)`` on
-        the input device, or 0-d tensors for unbatched input.
+        the input device, or 0-d tensors for unbatched input. Where the reference divides
+        by zero (CC, SCD and the MATLAB VIF with a constant image, Qabf with two all-black
+        sources, PSNR with no error) the value is its NaN or inf, as the reference gives
+        it; :mod:`e2emfd.metrics.fusion_summary` reports such values as undefined.
     Raises:
         ValueError: unknown convention or metric, mismatched shapes, values outside 0..255,
             or images too small for a windowed metric (VIF needs 41x41).

@@ -289,7 +289,9 @@ def edge_metrics(
             q_den += s
     out = {}
     if qabf is not None:
-        out["Qabf"] = q_num / q_den
+        # Both references divide 0 by 0 where neither source has an edge (two all-black
+        # sources under zero padding): NaN, as numpy and MATLAB give, not an exception.
+        out["Qabf"] = math.nan if q_den == 0 else q_num / q_den
     if nabf:
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             n, s = _nabf_border(list(images))

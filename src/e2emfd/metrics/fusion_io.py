@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from e2emfd.data.io import check_not_truncated
+
 CONVENTIONS = ("python", "matlab")
 
 # MATLAB rgb2gray weights: the first row of inv([1 .956 .621; 1 -.272 -.647; 1 -1.106 1.703]).
@@ -64,6 +66,7 @@ def _imread(path: Path, flags: int) -> np.ndarray:
 
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
+    check_not_truncated(path)
     img = cv2.imread(str(path), flags)
     if img is None:
         raise ValueError(f"{path}: cannot be read as an image")

@@ -97,26 +97,31 @@ def mi(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 
 def scd_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """SCD: corr2(F - B, A) + corr2(F - A, B) on the 0-1 images."""
+    """SCD: corr2(F - B, A) + corr2(F - A, B) on the 0-1 images. NaN where A, B, F - B or
+    F - A is constant: ``corr2`` divides 0 by 0 there."""
     return scd(_unit(f), _unit(a), _unit(b))
 
 
 def cc(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """CC: (r(A, F) + r(B, F)) / 2, Pearson correlations on the 0-1 images."""
+    """CC: (r(A, F) + r(B, F)) / 2, Pearson correlations on the 0-1 images. NaN where A, B
+    or F is constant: ``CC_evaluation`` divides 0 by 0 there."""
     fu = _unit(f)
     return (pearson(_unit(a), fu) + pearson(_unit(b), fu)) / 2
 
 
 def vif(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """VIF: vifp_mscale(A, F) + vifp_mscale(B, F) on uint8 images, so the scale-1 products
-    ref*ref, F*F and ref*F saturate at 255 before filtering (the means do not)."""
+    ref*ref, F*F and ref*F saturate at 255 before filtering (the means do not). NaN where a
+    source has no variance in any window (a constant image): ``vifp_mscale`` divides 0 by 0
+    there, and unlike the python evaluator the toolbox keeps the NaN."""
     terms = vifp([a, b], f, saturate_uint8=True)
     return terms[0] + terms[1]
 
 
 def qabf_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Qabf: ``analysis_Qabf`` on the 0-1 images, Sobel responses summed in MATLAB
-    ``conv2`` order so that the G = gF exact-equality branch fires where MATLAB's does."""
+    ``conv2`` order so that the G = gF exact-equality branch fires where MATLAB's does.
+    NaN where neither source has an edge (both all black): the toolbox divides 0 by 0."""
     return qabf(_unit(f), _unit(a), _unit(b), matlab_order=True)
 
 
@@ -148,7 +153,8 @@ def mse(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 
 def psnr(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """PSNR: 20 log10(255 / sqrt(MSE)) with the 0-1 MSE (peak 255 on 0-1 errors)."""
+    """PSNR: 20 log10(255 / sqrt(MSE)) with the 0-1 MSE (peak 255 on 0-1 errors). inf
+    where MSE is 0 (F = A = B): the toolbox divides by zero there."""
     return 20 * torch.log10(255.0 / torch.sqrt(mse(f, a, b)))
 
 

@@ -67,12 +67,14 @@ def mi(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 
 def scd_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """SCD: corr(F - B, A) + corr(F - A, B) (Pearson over all pixels)."""
+    """SCD: corr(F - B, A) + corr(F - A, B) (Pearson over all pixels). NaN where A, B,
+    F - B or F - A is constant: the evaluator divides 0 by 0 there."""
     return scd(f, a, b)
 
 
 def cc(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """CC: (corr(A, F) + corr(B, F)) / 2 (Pearson over all pixels)."""
+    """CC: (corr(A, F) + corr(B, F)) / 2 (Pearson over all pixels). NaN where A, B or F is
+    constant: the evaluator divides 0 by 0 there."""
     return (pearson(a, f) + pearson(b, f)) / 2
 
 
@@ -85,7 +87,8 @@ def vif(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 def qabf_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Qabf: Xydeas-Petrovic with the G = gF quirk where gX == gF, on 0-255 values (the
-    Sobel responses of integer images are exact, so the equality test is order-free)."""
+    Sobel responses of integer images are exact, so the equality test is order-free).
+    NaN where neither source has an edge (both all black): the evaluator divides 0 by 0."""
     return qabf(f, a, b)
 
 
@@ -143,7 +146,9 @@ def mse(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 
 def psnr(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    """PSNR: 10 log10(max(F)^2 / MSE); the peak is the fused image's maximum, not 255."""
+    """PSNR: 10 log10(max(F)^2 / MSE); the peak is the fused image's maximum, not 255.
+    Not finite where the evaluator divides by zero or takes log10(0): inf where MSE is 0
+    (F = A = B), NaN if F is then all black, -inf for an all-black F otherwise."""
     peak = f.amax(dim=(-2, -1))
     return 10 * torch.log10(peak * peak / mse_pair(f, a, b))
 
