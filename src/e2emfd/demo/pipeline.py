@@ -95,7 +95,10 @@ def train_within_budget(cfg: Config, time_budget_s: float, progress: bool = True
             f"demo: {processes} training process(es) x {threads} thread(s), {step_s:.2f} s per "
             f"step -> {max_iters} training steps in {budget / 60:.1f} min"
         )
-    return train_locally(cfg, processes, threads, progress=progress, time_budget_s=budget)
+    # the demo retrains from scratch: its previous run is replaced, not mixed into the logs
+    return train_locally(
+        cfg, processes, threads, progress=progress, time_budget_s=budget, overwrite=True
+    )
 
 
 def pick_scenes(data_root: Path, test_ids: list[str], per_condition: int = 2) -> dict[str, str]:

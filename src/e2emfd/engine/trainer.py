@@ -24,6 +24,7 @@ from tqdm import tqdm
 from e2emfd.config import Config, config_to_dict, save_config
 from e2emfd.data import build_dataset, build_transforms, make_collate
 from e2emfd.engine import checkpoint as ckpt
+from e2emfd.engine import run_dir
 from e2emfd.engine.distributed import (
     any_rank,
     barrier,
@@ -92,18 +93,20 @@ def train(
     resume: bool = False,
     progress: bool = True,
     time_budget_s: float | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train the model a config describes; write checkpoints, logs, evaluations and the
     resolved config under ``cfg.output_dir``. ``resume`` continues from its last
-    checkpoint exactly. ``time_budget_s`` stops early (checkpointing) when spent."""
+    checkpoint exactly. ``time_budget_s`` stops early (checkpointing) when spent.
+    ``cfg.output_dir`` must be new or empty unless ``resume`` or ``overwrite`` (which
+    deletes the files of the run it holds first)."""
     # ---------------------------------------------------------------- set-up
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(cfg.train.device, local_rank, "train.device")
     dist = init_distributed(device.type)
     out_dir = Path(cfg.output_dir)
-    if dist.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+    run_dir.check_output_dir(out_dir, resume, overwrite)
+    barrier()  # every process has looked at the folder before the main one writes to it
     seed_everything(cfg.seed, cfg.train.deterministic)
 
     train_set = build_dataset(
@@ -184,6 +187,15 @@ def train(
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.data.num_workers > 0,
     )
+
+    # Written only now, so that a run that fails to set up leaves its folder as it was.
+    if dist.is_main:
+        if overwrite:
+            run_dir.remove_run_files(out_dir)
+        elif resume:
+            run_dir.tidy_for_resume(out_dir, start_step, cfg.train.max_iters)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
 
     writer = None
     if dist.is_main:
@@ -338,7 +350,7 @@ def _mean_over_ranks(values: dict[str, torch.Tensor], distributed: bool) -> dict
 
 
 def _report_bad_step(step: int, values: dict, bad: int, limit: int, log: JsonlLog) -> None:
-    shown = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
+    shown = ", ".join(f"{k}={float(torch.as_tensor(v).detach()):.4g}" for k, v in values.items())
     # Steps are counted from 1 in the logs, like the completed steps.
     log.write({"step": step + 1, "skipped": True, "reason": shown})
     warnings.warn(
