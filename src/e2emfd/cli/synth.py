@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace a synthetic dataset already in OUT (other content is never deleted)",
+        help="replace a synthetic dataset already in OUT: only the files this command wrote "
+        "are deleted (other files, such as the split files of `e2emfd split`, stay)",
     )
     parser.add_argument(
         "--boxes",
@@ -68,7 +69,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from e2emfd.cli.paths import output_folder
     from e2emfd.data.synth import generate_dataset
+
+    output_folder(args.out, "OUT")
 
     common = dict(
         num=args.num,

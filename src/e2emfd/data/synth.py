@@ -72,7 +72,6 @@ byte-identical files.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -176,9 +175,32 @@ def _object_meta(o: SceneObject) -> dict:
     }
 
 
+def _written_files(out: Path, meta: dict) -> list[Path]:
+    """The files :func:`generate_dataset` wrote for the dataset ``meta`` describes; other
+    files in its folders (notes, the split files of ``e2emfd split``) are not among them."""
+    files = [out / "meta.json"]
+    files += [out / "ImageSets" / "Main" / f"{split}.txt" for split in ("train", "test")]
+    for image_id in _image_ids(meta):
+        files += [
+            out / "Vis" / f"{image_id}.png",
+            out / "Ir" / f"{image_id}.png",
+            out / "Annotations" / f"{image_id}.xml",
+        ]
+    return files
+
+
+def _image_ids(meta: dict) -> list[str]:
+    """The image ids a meta.json lists; an id that is not a plain file name (a hand-edited
+    file) is skipped, so that nothing outside the dataset's folders can be deleted."""
+    entries = meta.get("images", [])
+    ids = [str(e.get("id", "")) for e in entries if isinstance(e, dict)]
+    return [i for i in ids if i and Path(i).name == i]
+
+
 def _prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse to write into a folder holding anything but a previous synthetic dataset;
-    with ``overwrite``, clear such a dataset first (nothing else is ever deleted)."""
+    with ``overwrite``, delete the files of such a dataset first (nothing else is ever
+    deleted)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
@@ -191,21 +213,17 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
         )
     if not overwrite:
         raise ValueError(f"{out}: folder already holds a dataset; pass --overwrite to replace it")
-    meta = out / "meta.json"
     try:
-        generator = json.loads(meta.read_text()).get("generator")
+        meta = json.loads((out / "meta.json").read_text())
+        generator = meta.get("generator")
     except (OSError, ValueError, AttributeError):
         generator = None
     if generator != GENERATOR:
         raise ValueError(
             f"{out}: not written by {GENERATOR} (no valid meta.json); refusing to overwrite"
         )
-    for name in LAYOUT:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    for path in _written_files(out, meta):
+        path.unlink(missing_ok=True)
 
 
 def generate_dataset(

@@ -59,13 +59,12 @@ Image ``i`` depends only on ``(seed, i)``; PNGs are byte-identical across runs.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from e2emfd.data.dronevehicle import DRONEVEHICLE_CLASSES
-from e2emfd.data.synth import _png, is_test_index
+from e2emfd.data.synth import _image_ids, _png, is_test_index
 from e2emfd.data.synth_aerial_scene import (
     CONDITIONS,
     IR_THRESHOLD,
@@ -124,7 +123,7 @@ def label_xml(
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
     """Write only into a new or empty folder, or (with ``overwrite``) over a dataset this
-    generator wrote; nothing else is ever deleted."""
+    generator wrote, whose files are deleted first; nothing else is ever deleted."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder")
     if not out.exists() or not any(out.iterdir()):
@@ -138,19 +137,28 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise ValueError(f"{out}: folder already holds a dataset; pass --overwrite to replace it")
     try:
-        generator = json.loads((out / "meta.json").read_text()).get("generator")
+        meta = json.loads((out / "meta.json").read_text())
+        generator = meta.get("generator")
     except (OSError, ValueError, AttributeError):
         generator = None
     if generator != GENERATOR:
         raise ValueError(
             f"{out}: not written by {GENERATOR} (no valid meta.json); refusing to overwrite"
         )
-    for name in LAYOUT:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    for path in _written_files(out, meta):
+        path.unlink(missing_ok=True)
+
+
+def _written_files(out: Path, meta: dict) -> list[Path]:
+    """The files :func:`generate_aerial_dataset` wrote for the dataset ``meta`` describes
+    (an image is looked for under both splits); other files are not among them."""
+    files = [out / "meta.json"]
+    for image_id in _image_ids(meta):
+        for split in ("train", "test"):
+            for mod in ("rgb", "ir"):
+                files.append(out / split / mod / "images" / f"{image_id}.png")
+                files.append(out / split / mod / "labels" / f"{image_id}.xml")
+    return files
 
 
 def _object_meta(o: AerialObject) -> dict:
