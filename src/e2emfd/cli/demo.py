@@ -44,8 +44,10 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from e2emfd.cli.paths import output_folder
     from e2emfd.demo.pipeline import run_demo
 
+    output_folder(args.out)
     summary = run_demo(
         args.out,
         args.budget_minutes,
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     keys = ["EN", "MI", "VIF", "Qabf", "SSIM"]
     print("fusion (python convention)  " + "  ".join(f"{k:>6}" for k in keys))
     for method, values in table.items():
-        print(f"  {method:<26}" + "  ".join(f"{values[k]:6.3f}" for k in keys))
+        cells = ("     -" if values[k] is None else f"{values[k]:6.3f}" for k in keys)
+        print(f"  {method:<26}" + "  ".join(cells))
     print(f"report: {Path(args.out).resolve() / 'report.html'}")
     return 0

@@ -215,7 +215,14 @@ def _evaluate(pairs, batches, convention, names, device, workers, progress_bar):
     from tqdm import tqdm
 
     per_image: dict[str, dict[str, float]] = {}
-    progress = tqdm(total=len(pairs), unit="pair", disable=not progress_bar, file=sys.stderr)
+    with tqdm(total=len(pairs), unit="pair", disable=not progress_bar, file=sys.stderr) as bar:
+        _run_batches(per_image, batches, convention, names, device, workers, bar)
+    return {stem: per_image[stem] for stem, *_ in pairs}
+
+
+def _run_batches(per_image, batches, convention, names, device, workers, progress) -> None:
+    """Fill ``per_image`` from ``batches`` here or in ``workers`` processes; the bar is
+    closed by the caller even when a batch fails, so an error starts a line of its own."""
     if workers <= 1:
         for batch in batches:
             per_image.update(_evaluate_batch(batch, convention, names, str(device)))
@@ -238,8 +245,6 @@ def _evaluate(pairs, batches, convention, names, device, workers, progress_bar):
             for job in as_completed(jobs):
                 per_image.update(job.result())
                 progress.update(jobs[job])
-    progress.close()
-    return {stem: per_image[stem] for stem, *_ in pairs}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -61,7 +61,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from e2emfd.cli.paths import output_folder
     from e2emfd.demo.experiment import results_markdown, run_modality_experiment
+
+    output_folder(args.out)
 
     results = run_modality_experiment(
         args.out,

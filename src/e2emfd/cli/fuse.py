@@ -38,7 +38,11 @@ def register(subparsers) -> None:
         help="colour restoration (default: the model's setting, ycbcr for baselines)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=4, help="pairs per batch (same-size pairs batch together)"
+        "--batch-size",
+        type=int,
+        default=4,
+        help="pairs per batch (same-size pairs batch together; a batch that runs out of "
+        "memory is fused again one pair at a time)",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -50,10 +54,15 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from e2emfd.cli.main import CommandError
+    from e2emfd.cli.paths import output_folder
     from e2emfd.data import PairDataset, write_png
     from e2emfd.engine.runtime import resolve_device
     from e2emfd.models.baselines import fuse_baseline
 
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
+    out_dir = output_folder(args.out)
     device = resolve_device(args.device, setting="--device")
     dataset = PairDataset.from_folders(
         vis_dir=str(Path(args.vi).resolve()), ir_dir=str(Path(args.ir).resolve())
@@ -74,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
         def fuse(vis, ir):
             return fuse_baseline(vis, ir, args.method, color)
 
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Batch pairs of the same size together; sizes vary within TNO and RoadScene.
     groups: dict[tuple[int, int], list[int]] = {}
@@ -95,16 +103,40 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _flush(indices, samples, fuse, out_dir, device, write_png, bar) -> None:
-    import torch
-
     batch = [samples.pop(i) for i in indices]
-    vis = torch.stack([s["vis"] for s in batch]).to(device)
-    ir = torch.stack([s["ir"] for s in batch]).to(device)
-    with torch.no_grad():
-        fused = fuse(vis, ir).float().cpu()
+    fused = _fuse_batch(batch, fuse, device)
     for sample, image in zip(batch, fused):
         array = image.permute(1, 2, 0).numpy()
         write_png(
             out_dir / f"{sample['image_id']}.png", array[:, :, 0] if array.shape[2] == 1 else array
         )
         bar.update(1)
+
+
+def _fuse_batch(batch: list[dict], fuse, device):
+    """Fused images of a batch of same-size pairs. Out of memory, a batch is fused again
+    one pair at a time; a single pair that does not fit is an error naming it."""
+    import torch
+
+    from e2emfd.cli.main import CommandError
+    from e2emfd.engine.runtime import is_out_of_memory
+
+    try:
+        vis = torch.stack([s["vis"] for s in batch]).to(device)
+        ir = torch.stack([s["ir"] for s in batch]).to(device)
+        with torch.no_grad():
+            return fuse(vis, ir).float().cpu()
+    except (torch.OutOfMemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+    vis = ir = None  # free what the failed attempt held before trying again
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if len(batch) > 1:
+        return torch.cat([_fuse_batch([s], fuse, device) for s in batch])
+    h, w = batch[0]["vis"].shape[-2:]
+    advice = "use --device cpu or downscale it" if device.type == "cuda" else "downscale it"
+    raise CommandError(
+        f"{batch[0]['vis_path']}: out of memory fusing this {w}x{h} pair on {device} (even "
+        f"as a batch of one); {advice}"
+    )

@@ -59,14 +59,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (CommandError, FileNotFoundError, ValueError) as exc:
+    except (CommandError, OSError, ValueError) as exc:
         # Library errors are written to be read: one line that names the file and the
         # problem. E2EMFD_DEBUG=1 shows the traceback instead.
         if os.environ.get("E2EMFD_DEBUG"):
             raise
-        message = " ".join(str(exc).split())
+        message = " ".join(_describe(exc).split())
         print(f"e2emfd {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _describe(exc: Exception) -> str:
+    """The message of a user-facing error. An OSError raised by the system (permission
+    denied, no space left, a file where a folder should be) says it as "path: problem"
+    instead of Python's "[Errno 13] Permission denied: 'path'"."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+        return f"{' -> '.join(paths)}: {exc.strerror}" if paths else exc.strerror
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
+    from e2emfd.cli.paths import output_folder
     from e2emfd.data.datasets import IR_DIR_NAMES, VIS_DIR_NAMES, find_subdir, pair_images
     from e2emfd.data.splits import scene_boundaries, scene_split, thumbnail
 
     root = Path(args.root)
+    out = output_folder(root / "ImageSets" / "Main", "ROOT/ImageSets/Main")
     vis = find_subdir(root, VIS_DIR_NAMES, "visible")
     ir = find_subdir(root, IR_DIR_NAMES, "infrared")
     pairs = pair_images(vis, ir)
@@ -49,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     )
     cuts = scene_boundaries(thumbs, args.threshold)
     train, test, scenes = scene_split(ids, cuts, args.test_fraction, args.seed)
-    out = root / "ImageSets" / "Main"
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}_train.txt").write_text("".join(f"{i}\n" for i in train))
     (out / f"{args.name}_test.txt").write_text("".join(f"{i}\n" for i in test))

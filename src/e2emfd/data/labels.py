@@ -105,10 +105,16 @@ def parse_yolo_txt(path: str | Path, num_classes: int) -> Annotation:
         if len(fields) != 5:
             raise ValueError(f"{path}:{line_no}: expected 'cls cx cy w h', got {line.strip()!r}")
         try:
-            cls = int(float(fields[0]))
+            cls_value = float(fields[0])
             values = [float(v) for v in fields[1:]]
         except ValueError:
             raise ValueError(f"{path}:{line_no}: non-numeric field in {line.strip()!r}") from None
+        # "1.0" is a class some exporters write; "1.7" is a corrupt line, not class 1.
+        if not cls_value.is_integer():
+            raise ValueError(
+                f"{path}:{line_no}: class index {fields[0]} is not an integer in {line.strip()!r}"
+            )
+        cls = int(cls_value)
         if not 0 <= cls < num_classes:
             raise ValueError(
                 f"{path}:{line_no}: class index {cls} out of range for {num_classes} classes"

@@ -4,6 +4,7 @@ GMTA within a time budget -> evaluation against classical fusion -> an HTML repo
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -13,7 +14,7 @@ import torch
 
 from e2emfd.config import Config
 from e2emfd.data import build_dataset, build_transforms, collate_pairs
-from e2emfd.data.synth import generate_dataset
+from e2emfd.data.synth import generate_dataset, is_test_index
 from e2emfd.demo import report
 from e2emfd.demo.config import demo_config
 from e2emfd.demo.experiment import condition_means
@@ -28,6 +29,7 @@ from e2emfd.mtl import TaskBalancer
 from e2emfd.utils import results
 
 CONVENTIONS = ("python", "matlab")
+DEMO_TEST_FRACTION = 0.2  # the synthetic generators' default split
 ABOUT = {
     "hbb": "<p>A CPU-sized E2E-MFD (shared ResNet-18/4 + FPN backbone, ORPPT fusion head, "
     "CFDP diffusion detection head) trained jointly with GMTA for {steps} steps on synthetic "
@@ -133,6 +135,29 @@ def baseline_fusion_scores(dataset, conventions=CONVENTIONS) -> dict[str, dict[s
     }
 
 
+def check_arguments(num_images: int, budget_minutes: float, batch_size: int) -> None:
+    """Refuse, before any work, arguments with which the demo cannot end: it needs a batch
+    of training pairs and a test pair from the synthetic split (1 pair in 5 is a test pair)."""
+    if not budget_minutes > 0:
+        raise ValueError(f"--budget-minutes must be positive, got {budget_minutes}")
+
+    def split(n: int) -> tuple[int, int]:
+        test = sum(is_test_index(i, DEMO_TEST_FRACTION) for i in range(n))
+        return n - test, test
+
+    def enough(n: int) -> bool:
+        train, test = split(n)
+        return train >= batch_size and test >= 1
+
+    if not enough(num_images):
+        train, test = split(max(num_images, 0))
+        least = next(n for n in itertools.count(1) if enough(n))
+        raise ValueError(
+            f"--num-images {num_images} gives {train} training and {test} test pairs; the demo "
+            f"needs {batch_size} training pairs (a batch) and a test pair: use at least {least}"
+        )
+
+
 def run_demo(
     out: str | Path,
     budget_minutes: float = 15.0,
@@ -146,14 +171,22 @@ def run_demo(
     """Run the whole demo; returns the summary that is also written to summary.json."""
     start = time.monotonic()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     data_root = out / "data"
+    cfg = demo_config(data_root, out / "run", [f"seed={seed}", *overrides], boxes)
+    check_arguments(num_images, budget_minutes, cfg.train.batch_size)
+    out.mkdir(parents=True, exist_ok=True)
     if not (data_root / "meta.json").is_file():
         generate = generate_dataset
         if boxes == "obb":
             from e2emfd.data.synth_aerial import generate_aerial_dataset as generate
-        generate(data_root, num=num_images, seed=seed, overwrite=True, progress=progress)
-    cfg = demo_config(data_root, out / "run", [f"seed={seed}", *overrides], boxes)
+        generate(
+            data_root,
+            num=num_images,
+            seed=seed,
+            test_fraction=DEMO_TEST_FRACTION,
+            overwrite=True,
+            progress=progress,
+        )
 
     # Leave time for evaluation (model and baselines, both metric conventions) and the
     # report: about 1.2 s per test pair on two CPU cores.
