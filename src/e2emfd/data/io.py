@@ -107,12 +107,6 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
     raise ValueError(f"channels must be 1 or 3, got {channels}")
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image file, decoding it."""
-    image = decode_image(path)
-    return int(image.shape[0]), int(image.shape[1])
-
-
 def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write an (H, W) greyscale or (H, W, 3) RGB image, float [0, 1] or uint8, as 8-bit PNG.
 

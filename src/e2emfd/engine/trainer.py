@@ -183,7 +183,7 @@ def train(
         batch_size=cfg.train.batch_size,
         sampler=sampler,
         num_workers=cfg.data.num_workers,
-        collate_fn=make_collate(cfg.data.size_divisor),
+        collate_fn=make_collate(cfg.model.size_divisor),
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.data.num_workers > 0,
     )
