@@ -236,3 +236,65 @@ def test_freeze_at_and_modalities():
 def test_single_modality_model_cannot_fuse():
     with pytest.raises(ValueError, match="model.modality=vis has one input, so it cannot fuse"):
         tiny_model("model.modality=vis")
+
+
+def test_fusion_window_is_exact_inside_its_margin():
+    torch.manual_seed(5)
+    model = tiny_model().eval()
+    vis, ir = torch.rand(2, 3, 96, 128), torch.rand(2, 1, 96, 128)
+    with torch.no_grad():
+        features = model.backbone(vis, ir)
+        whole = model.fusion(features, vis, ir)["fused"]
+        m = model.fusion.receptive_radius
+        assert m == 12  # 8 convolutions 3x3 in the pixel branch, 4 in the decoder
+        for top, left, h, w in ((30, 40, 40, 50), (0, 0, 48, 64), (60, 70, 36, 58)):
+            window = (
+                max(0, top - m),
+                max(0, left - m),
+                min(96, top + h + m),
+                min(128, left + w + m),
+            )
+            part = model.fusion(features, vis, ir, window)["fused"]
+            inner = part[..., top - window[0] : top - window[0] + h, left - window[1] :][..., :w]
+            torch.testing.assert_close(inner, whole[..., top : top + h, left : left + w])
+            # without the margin the window's edges differ from the whole image
+            bare = model.fusion(features, vis, ir, (top, left, top + h, left + w))["fused"]
+            if top and left:
+                assert not torch.allclose(bare, whole[..., top : top + h, left : left + w])
+
+
+def test_fusion_loss_masks_of_a_window_are_the_whole_masks_cropped():
+    from e2emfd.boxes import box_codec
+
+    sizes = torch.tensor([[40, 50], [30, 64]])
+    boxes = [torch.tensor([[3.0, 4.0, 20.0, 33.0]]), torch.tensor([[10.0, 2.0, 60.0, 12.0]])]
+    hbb = box_codec("hbb")
+    whole_valid = valid_mask(sizes, 48, 64)
+    whole_boxes = box_mask(boxes, 48, 64, hbb)
+    for top, left in ((0, 0), (8, 20), (20, 33)):
+        torch.testing.assert_close(
+            valid_mask(sizes, 20, 24, (top, left)),
+            whole_valid[..., top : top + 20, left : left + 24],
+        )
+        torch.testing.assert_close(
+            box_mask(boxes, 20, 24, hbb, offset=(top, left)),
+            whole_boxes[..., top : top + 20, left : left + 24],
+        )
+
+
+def test_training_on_fusion_windows_reaches_every_fusion_parameter():
+    torch.manual_seed(0)
+    model = tiny_model("model.fusion.train_crop=0.5").train()
+    batch = _batch(2, 64, 96, [torch.tensor([[5.0, 5.0, 30.0, 40.0]]), torch.zeros(0, 4)])
+    out = model(batch)
+    loss = out["losses"]["fusion"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in model.fusion.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+    window, region = model.fusion_window((64, 96))
+    assert (region[2] - region[0], region[3] - region[1]) == (32, 48)
+    assert window[0] == max(0, region[0] - 12) and window[3] == min(96, region[3] + 12)
+    with pytest.raises(Exception, match="train_crop"):
+        tiny_model("model.fusion.train_crop=0")

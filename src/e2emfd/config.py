@@ -74,6 +74,10 @@ class FusionConfig:
     loss_ssim: float = 10.0
     loss_grad: float = 10.0
     loss_pixel: float = 10.0
+    # training only: side fraction of a random window (per batch) that the full-resolution
+    # part of the fusion head and the fusion loss see (1.0 = the whole image; 0.5 = a
+    # quarter of it, ~3x less full-resolution work); inference always fuses whole images
+    train_crop: float = 1.0
 
 
 @dataclass
@@ -334,6 +338,10 @@ def validate_config(cfg: Config) -> Config:
         raise ConfigError(
             f"model.detection.shape_loss: {det.shape_loss!r} is not available for "
             f"{det.boxes} boxes; choose from {', '.join(shapes)}"
+        )
+    if not 0.0 < cfg.model.fusion.train_crop <= 1.0:
+        raise ConfigError(
+            f"model.fusion.train_crop: must be in (0, 1], got {cfg.model.fusion.train_crop}"
         )
     if cfg.model.size_divisor < 1:
         raise ConfigError(f"model.size_divisor: must be >= 1, got {cfg.model.size_divisor}")

@@ -65,25 +65,35 @@ def ssim_maps(
     return out
 
 
-def valid_mask(image_sizes: Tensor, height: int, width: int) -> Tensor:
-    """(B, 1, H, W) float mask of each image's unpadded area; image_sizes (B, 2) [h, w]."""
-    rows = torch.arange(height, device=image_sizes.device)
-    cols = torch.arange(width, device=image_sizes.device)
+def valid_mask(
+    image_sizes: Tensor, height: int, width: int, offset: tuple[int, int] = (0, 0)
+) -> Tensor:
+    """(B, 1, H, W) float mask of each image's unpadded area; image_sizes (B, 2) [h, w];
+    ``offset`` (top, left): the mask of the H x W window starting there."""
+    rows = torch.arange(offset[0], offset[0] + height, device=image_sizes.device)
+    cols = torch.arange(offset[1], offset[1] + width, device=image_sizes.device)
     inside_r = rows[None, :] < image_sizes[:, :1]
     inside_c = cols[None, :] < image_sizes[:, 1:]
     return (inside_r[:, :, None] & inside_c[:, None, :]).unsqueeze(1).float()
 
 
 def box_mask(
-    boxes: list[Tensor], height: int, width: int, codec: BoxCodec, device=None
+    boxes: list[Tensor],
+    height: int,
+    width: int,
+    codec: BoxCodec,
+    device=None,
+    offset: tuple[int, int] = (0, 0),
 ) -> Tensor:
     """(B, 1, H, W) mask, 1 inside any of each image's boxes (of the codec's kind), per
     image. A pixel (row i, col j) with centre (j + 0.5, i + 0.5) is inside a box when the
-    centre is."""
+    centre is. ``offset`` (top, left): the mask of the H x W window starting there."""
+    top, left = offset
     out = torch.zeros(len(boxes), 1, height, width, device=device)
     for i, b in enumerate(boxes):
         if len(b):
-            out[i, 0] = codec.mask(b.to(device), height, width).float()
+            mask = codec.mask(b.to(device), top + height, left + width)
+            out[i, 0] = mask[top:, left:].float()
     return out
 
 
@@ -99,21 +109,30 @@ def fusion_loss(
     image_sizes: Tensor | None = None,
     cfg: FusionConfig | None = None,
     codec: BoxCodec | None = None,
+    offset: tuple[int, int] | None = None,
 ) -> dict[str, Tensor]:
     """The weighted fusion loss terms.
 
     fused, ir, lum: (B, 1, H, W) in [0, 1] (lum is the visible luminance that was fused);
     boxes: per image (N_i, dim) pixel boxes of the ``codec``'s kind (default axis-aligned
     xyxy), or None/empty: no object mask (e.g. TNO);
-    image_sizes: (B, 2) [h, w] of the unpadded images (None: no padding).
+    image_sizes: (B, 2) [h, w] of the unpadded images (None: no padding);
+    offset: (top, left) when the images are a window of the frame that ``boxes`` and
+    ``image_sizes`` describe (a random crop in training, ``model.fusion.train_crop``).
     Returns ``loss_ssim``, ``loss_grad``, ``loss_pixel`` (already weighted).
     """
     cfg = cfg or FusionConfig()
     codec = codec or box_codec("hbb")
     b, _, h, w = fused.shape
     fused, ir, lum = fused.float(), ir.float(), lum.float()
-    valid = valid_mask(image_sizes, h, w) if image_sizes is not None else fused.new_ones(b, 1, h, w)
-    objects = box_mask(boxes or [torch.zeros(0, codec.dim)] * b, h, w, codec, fused.device) * valid
+    offset = offset or (0, 0)
+    valid = (
+        valid_mask(image_sizes, h, w, offset)
+        if image_sizes is not None
+        else fused.new_ones(b, 1, h, w)
+    )
+    boxes = boxes or [torch.zeros(0, codec.dim)] * b
+    objects = box_mask(boxes, h, w, codec, fused.device, offset) * valid
     background = valid - objects
 
     target_fg = (lum + ir).clamp(max=1.0).detach()

@@ -134,10 +134,24 @@ class E2EMFD(nn.Module):
             losses["detection"] = sum(parts.values())
             terms.update(parts)
         if "fusion" in tasks:
-            out = self.fusion(features, vis, ir)
             boxes = [t["boxes"] for t in batch["targets"]]
+            window, inner = self.fusion_window(vis.shape[-2:])
+            out = self.fusion(features, vis, ir, window)
+            fused, lum = out["fused"], out["luminance"]
+            if inner is not None:  # the window's margin only made its inside exact
+                (y0, x0, y1, x1), (top, left) = inner, window[:2]
+                fused = fused[..., y0 - top : y1 - top, x0 - left : x1 - left]
+                lum = lum[..., y0 - top : y1 - top, x0 - left : x1 - left]
+                ir = ir[..., y0:y1, x0:x1]
             parts = fusion_loss(
-                out["fused"], ir, out["luminance"], boxes, sizes, self.cfg.fusion, self.box_codec
+                fused,
+                ir,
+                lum,
+                boxes,
+                sizes,
+                self.cfg.fusion,
+                self.box_codec,
+                offset=None if inner is None else inner[:2],
             )
             losses["fusion"] = sum(parts.values())
             terms.update(parts)
@@ -145,6 +159,31 @@ class E2EMFD(nn.Module):
         if trunk is not None:
             out["features"] = (list(trunk.values()), list(features.values()))
         return out
+
+    def fusion_window(
+        self, size: tuple[int, int]
+    ) -> tuple[tuple[int, int, int, int] | None, tuple[int, int, int, int] | None]:
+        """In training with ``model.fusion.train_crop`` < 1: a random region (top, left,
+        bottom, right) of the padded frame whose sides are that fraction of the frame's,
+        where the fusion loss is taken, and the window around it (the region grown by the
+        fusion head's receptive radius, within the frame) that the head computes.
+        Returns ``(window, region)``, or ``(None, None)`` for the whole image."""
+        fraction = self.cfg.fusion.train_crop
+        if fraction >= 1.0:
+            return None, None
+        height, width = int(size[0]), int(size[1])
+        h, w = max(1, round(height * fraction)), max(1, round(width * fraction))
+        top = int(torch.randint(0, height - h + 1, ()))
+        left = int(torch.randint(0, width - w + 1, ()))
+        region = (top, left, top + h, left + w)
+        m = self.fusion.receptive_radius
+        window = (
+            max(0, top - m),
+            max(0, left - m),
+            min(height, top + h + m),
+            min(width, left + w + m),
+        )
+        return window, region
 
     def infer(
         self,

@@ -1,4 +1,4 @@
-"""ORPPT, the Object-Region-Pixel Phylogenetic Tree fusion head (spec 2.2).
+"""ORPPT, the Object-Region-Pixel Phylogenetic Tree fusion head of E2E-MFD.
 
 A pixel branch (PFMM) reads the raw images at full resolution; K region branches (RFRM)
 read the shared pyramid P2..P(K+1); a gate lets the regions modulate the pixels, and a
@@ -166,11 +166,37 @@ class ORPPTHead(nn.Module):
             total = up if total is None else total + up
         return F.relu(total + self.region_bias.view(1, -1, 1, 1))
 
-    def forward(self, features: dict[str, Tensor], vis: Tensor, ir: Tensor) -> dict[str, Tensor]:
+    @property
+    def receptive_radius(self) -> int:
+        """How far (pixels) a full-resolution output depends on the full-resolution input
+        (the pixel branch's and the decoder's convolutions): a window computed with this
+        margin around a region gives exactly the whole-image output on that region."""
+        return sum(
+            (m.kernel_size[0] // 2) * m.dilation[0]
+            for part in (self.pixel, self.decoder)
+            for m in part.modules()
+            if isinstance(m, nn.Conv2d)
+        )
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        vis: Tensor,
+        ir: Tensor,
+        window: tuple[int, int, int, int] | None = None,
+    ) -> dict[str, Tensor]:
+        """``window`` = (top, left, bottom, right): compute only that part of the full-
+        resolution output (the pyramid is read whole, the regions upsampled to the full
+        frame and cropped); all outputs are then (B, 1, bottom - top, right - left)."""
         size = (vis.shape[-2], vis.shape[-1])
+        regions = self.regions_at(features, size)
+        if window is not None:
+            top, left, bottom, right = window
+            vis, ir = vis[..., top:bottom, left:right], ir[..., top:bottom, left:right]
+            if regions is not None:
+                regions = regions[..., top:bottom, left:right]
         x0 = torch.cat([ir, vis], 1)
         pixels = self.pixel_proj(self.pixel(x0))
-        regions = self.regions_at(features, size)
         gated = pixels if regions is None else pixels * hsigmoid(self.gate(regions)) + pixels
         hidden = self.decoder[:-1](gated)
         # The weight logits in float32 even under autocast: bf16 rounding of the logits
