@@ -30,7 +30,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def synth_small(tmp_path_factory) -> Path:
     """20 synthetic pairs at 128x96 (16 train, 4 test) in the M3FD layout."""
-    from e2emfd.data.synth import generate_dataset
+    from e2emfd.synth.street import generate_dataset
 
     root = tmp_path_factory.mktemp("synth_small")
     generate_dataset(root, num=20, size=(128, 96), seed=11, test_fraction=0.2, progress=False)

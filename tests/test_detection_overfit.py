@@ -13,12 +13,12 @@ import torch
 
 from e2emfd.config import load_config
 from e2emfd.data import build_dataset, build_transforms
-from e2emfd.data.synth import generate_dataset
-from e2emfd.data.synth_aerial import generate_aerial_dataset
 from e2emfd.demo.config import OBB_OVERRIDES
 from e2emfd.engine.checkpoint import load_model_for_inference
 from e2emfd.engine.evaluate import evaluate
 from e2emfd.engine.trainer import train
+from e2emfd.synth.aerial import generate_aerial_dataset
+from e2emfd.synth.street import generate_dataset
 
 OVERFIT = [
     "model.backbone.depth=18",

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from e2emfd.cli.main import main
-from e2emfd.data.synth import (
+from e2emfd.synth.street import (
     CLASSES,
     CONDITIONS,
     generate_dataset,
@@ -165,7 +165,7 @@ def test_every_column_of_a_lamp_box_has_a_visible_stroke(height):
     # The box spans the arm and the head: a column of 1 px would vanish under the blur and
     # noise of a far lamp, leaving a box edge no pixel defines. (The outermost columns are
     # the rounded tips of the base and the head.)
-    from e2emfd.data.synth_shapes import BASE_SIZE, build_parts, rasterise
+    from e2emfd.synth.shapes import BASE_SIZE, build_parts, rasterise
 
     width = height * BASE_SIZE["Lamp"][0] / BASE_SIZE["Lamp"][1]
     for seed in range(5):

@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage
 
 from e2emfd.data.dronevehicle import DRONEVEHICLE_CLASSES, DroneVehicleDataset
-from e2emfd.data.synth_aerial import aerial_scene_for_index, generate_aerial_dataset
+from e2emfd.synth.aerial import aerial_scene_for_index, generate_aerial_dataset
 
 SIZE = (128, 96)
 

@@ -7,10 +7,10 @@ import torch
 
 from e2emfd.config import load_config
 from e2emfd.data import build_dataset, build_transforms
-from e2emfd.data.synth import generate_dataset
 from e2emfd.engine.evaluate import evaluate
 from e2emfd.engine.trainer import train
 from e2emfd.models import build_model
+from e2emfd.synth.street import generate_dataset
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from e2emfd.cli.paths import output_folder
-    from e2emfd.data.synth import generate_dataset
+    from e2emfd.synth.street import generate_dataset
 
     output_folder(args.out, "OUT")
 
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )
     if args.boxes == "obb":
-        from e2emfd.data.synth_aerial import generate_aerial_dataset
+        from e2emfd.synth.aerial import generate_aerial_dataset
 
         out = generate_aerial_dataset(args.out, border=args.border, view_m=args.view, **common)
     else:

@@ -20,7 +20,6 @@ import torch
 
 from e2emfd.config import Config, load_config
 from e2emfd.data import build_dataset, build_transforms
-from e2emfd.data.synth import generate_dataset
 from e2emfd.demo.config import demo_config
 from e2emfd.engine.checkpoint import (
     apply_inference_settings,
@@ -29,6 +28,7 @@ from e2emfd.engine.checkpoint import (
 )
 from e2emfd.engine.evaluate import evaluate
 from e2emfd.engine.local import train_locally
+from e2emfd.synth.street import generate_dataset
 
 VARIANTS: dict[str, list[str]] = {
     "visible only": ["model.modality=vis", "model.fusion.enabled=false", "train.task=detection"],

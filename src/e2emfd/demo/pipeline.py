@@ -14,7 +14,6 @@ import torch
 
 from e2emfd.config import Config
 from e2emfd.data import build_dataset, build_transforms, collate_pairs
-from e2emfd.data.synth import generate_dataset, is_test_index
 from e2emfd.demo import report
 from e2emfd.demo.config import demo_config
 from e2emfd.demo.experiment import condition_means
@@ -26,6 +25,7 @@ from e2emfd.metrics.fusion_summary import summarize
 from e2emfd.models import build_model
 from e2emfd.models.baselines import BASELINES, fuse_baseline
 from e2emfd.mtl import TaskBalancer
+from e2emfd.synth.street import generate_dataset, is_test_index
 from e2emfd.utils import results
 
 CONVENTIONS = ("python", "matlab")
@@ -178,7 +178,7 @@ def run_demo(
     if not (data_root / "meta.json").is_file():
         generate = generate_dataset
         if boxes == "obb":
-            from e2emfd.data.synth_aerial import generate_aerial_dataset as generate
+            from e2emfd.synth.aerial import generate_aerial_dataset as generate
         generate(
             data_root,
             num=num_images,

@@ -1,4 +1,4 @@
-"""Backgrounds and lighting for the synthetic scenes (see :mod:`e2emfd.data.synth`).
+"""Backgrounds and lighting for the synthetic scenes (see :mod:`e2emfd.synth.street`).
 
 The visible background is a street: sky, a skyline of buildings and trees on the horizon,
 a textured road with dashed lanes between grass or pavement. The infrared background is

@@ -1,5 +1,5 @@
 """Synthetic aerial infrared-visible scenes with oriented vehicle boxes, in the DroneVehicle
-layout (the rotated counterpart of :mod:`e2emfd.data.synth`, whose rules it follows).
+layout (the rotated counterpart of :mod:`e2emfd.synth.street`, whose rules it follows).
 
 Scene rules
 -----------
@@ -14,14 +14,14 @@ along the lanes (lane direction +-2 degrees; classes 36/14/18/14/18% in that ord
 ones stand in 10-40% of the lot slots (cars and vans) and anywhere on open ground at any
 angle (0-3 per scene). Footprints never touch and lie inside the image. A vehicle is the
 rectangle of its footprint: a pixel is drawn when its centre is inside it, so the box is
-the object's full extent. Rendering: :mod:`.synth_aerial_scene` and
-:mod:`.synth_aerial_background`.
+the object's full extent. Rendering: :mod:`.aerial_scene` and
+:mod:`.aerial_background`.
 
 Shapes, seen from above with the front at +u: car: bonnet, windscreen, roof, rear window;
 van: short bonnet, windscreen, long roof; truck: cab with windscreen, chassis gap, cargo
 box; bus: long roof with a strip of roof windows and two AC units, engine at the rear;
 freight car: tractor, coupling, long trailer with ribs. Colours are the street scenes'
-palettes (:mod:`e2emfd.data.synth_shapes`).
+palettes (:mod:`e2emfd.synth.shapes`).
 
 Conditions (day 40%, night 30%, fog 20%, glare 10%), visible image. Day: sunlit albedo,
 texture, vehicle shadows. Night: 4-8% ambient light, pools of light under 1-3 street lamps per road
@@ -64,8 +64,7 @@ from pathlib import Path
 import numpy as np
 
 from e2emfd.data.dronevehicle import DRONEVEHICLE_CLASSES
-from e2emfd.data.synth import _image_ids, _png, is_test_index
-from e2emfd.data.synth_aerial_scene import (
+from e2emfd.synth.aerial_scene import (
     CONDITIONS,
     IR_THRESHOLD,
     VIS_THRESHOLD,
@@ -73,6 +72,7 @@ from e2emfd.data.synth_aerial_scene import (
     AerialScene,
     render_aerial_scene,
 )
+from e2emfd.synth.street import _image_ids, _png, is_test_index
 
 __all__ = [
     "CLASSES",

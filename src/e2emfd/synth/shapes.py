@@ -1,4 +1,4 @@
-"""Class-specific object shapes for the synthetic scenes (see :mod:`e2emfd.data.synth`).
+"""Class-specific object shapes for the synthetic scenes (see :mod:`e2emfd.synth.street`).
 
 Each object is a list of :class:`Part` s in coordinates local to its box (origin at the
 box's top-left corner, floats in pixels). A part carries everything every modality needs:

@@ -1,5 +1,5 @@
 """Rendering one aerial infrared-visible scene: vehicles, light, conditions (rules:
-:mod:`e2emfd.data.synth_aerial`)."""
+:mod:`e2emfd.synth.aerial`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from e2emfd.data.synth_aerial_background import (
+from e2emfd.synth.aerial_background import (
     Ground,
     Rect,
     Setting,
@@ -16,16 +16,8 @@ from e2emfd.data.synth_aerial_background import (
     offset_point,
     render_ground,
 )
-from e2emfd.data.synth_background import smooth_noise
-from e2emfd.data.synth_scene import (
-    CONDITION_P,
-    CONDITIONS,
-    IR_THRESHOLD,
-    PARKED_IR,
-    VIS_THRESHOLD,
-    _glow,
-)
-from e2emfd.data.synth_shapes import (
+from e2emfd.synth.background import smooth_noise
+from e2emfd.synth.shapes import (
     BULB_EMIT,
     BUS_BODY,
     CAR_BODY,
@@ -34,6 +26,14 @@ from e2emfd.data.synth_shapes import (
     TAIL_EMIT,
     TRUCK_CAB,
     TRUCK_CARGO,
+)
+from e2emfd.synth.street_scene import (
+    CONDITION_P,
+    CONDITIONS,
+    IR_THRESHOLD,
+    PARKED_IR,
+    VIS_THRESHOLD,
+    _glow,
 )
 
 # on the road the large classes are as common as in DroneVehicle's minority classes
@@ -95,7 +95,7 @@ GROUND_T = {"day": (0.42, 0.55), "glare": (0.42, 0.55), "fog": (0.38, 0.48), "ni
 class AerialObject:
     """One vehicle. ``obb``: le90 ``(cx, cy, w, h, angle)`` in pixels of the scene (no
     border); ``polygon``: its corners ``x1 y1 .. x4 y4``. The other fields are those of
-    :class:`e2emfd.data.synth_scene.SceneObject`; ``state`` is running or parked."""
+    :class:`e2emfd.synth.street_scene.SceneObject`; ``state`` is running or parked."""
 
     cls: str
     obb: tuple[float, ...]

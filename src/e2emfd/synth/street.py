@@ -2,8 +2,8 @@
 
 An embedded dataset: every part of the project runs on a fresh machine with no download,
 and fusion matters on it the way it does on real data, because some objects can be seen in
-only one modality. Rendering is in :mod:`.synth_scene` (placement, conditions),
-:mod:`.synth_background` (street, light) and :mod:`.synth_shapes` (objects).
+only one modality. Rendering is in :mod:`.street_scene` (placement, conditions),
+:mod:`.background` (street, light) and :mod:`.shapes` (objects).
 
 Scene rules
 -----------
@@ -78,7 +78,8 @@ from xml.sax.saxutils import escape
 import cv2
 import numpy as np
 
-from e2emfd.data.synth_scene import (
+from e2emfd.synth.shapes import CLASSES
+from e2emfd.synth.street_scene import (
     CONDITIONS,
     IR_THRESHOLD,
     VIS_THRESHOLD,
@@ -86,7 +87,6 @@ from e2emfd.data.synth_scene import (
     SceneObject,
     render_scene,
 )
-from e2emfd.data.synth_shapes import CLASSES
 
 __all__ = [
     "CLASSES",

@@ -1,5 +1,5 @@
 """Ground, roads, parking lots, roofs and trees of the aerial scenes, and the rectangle
-geometry they share with the vehicles (rules: :mod:`e2emfd.data.synth_aerial`)."""
+geometry they share with the vehicles (rules: :mod:`e2emfd.synth.aerial`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from e2emfd.data.synth_background import smooth_noise
+from e2emfd.synth.background import smooth_noise
 
 GROUND = {"grass": (0.30, 0.45, 0.18), "soil": (0.50, 0.40, 0.28), "paving": (0.62, 0.60, 0.56)}
 GROUND_IR = {"grass": -0.03, "soil": 0.02, "paving": 0.03}  # by day; a third of it at night

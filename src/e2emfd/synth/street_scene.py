@@ -1,4 +1,4 @@
-"""Rendering one synthetic infrared-visible scene (rules: :mod:`e2emfd.data.synth`)."""
+"""Rendering one synthetic infrared-visible scene (rules: :mod:`e2emfd.synth.street`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from e2emfd.data.synth_background import (
+from e2emfd.synth.background import (
     FAR_DEPTH,
     Setting,
     glare_map,
     night_light,
     render_background,
 )
-from e2emfd.data.synth_shapes import BASE_SIZE, Part, build_parts, rasterise
+from e2emfd.synth.shapes import BASE_SIZE, Part, build_parts, rasterise
 
 CONDITIONS = ("day", "night", "fog", "glare")
 CONDITION_P = (0.4, 0.3, 0.2, 0.1)
