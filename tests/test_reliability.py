@@ -413,3 +413,52 @@ def test_train_help_tells_what_overwrite_and_resume_do(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--overwrite" in text and "must be new or empty" in text
     assert "log records of later steps" in text
+
+
+# --- 5. DDP is told of unused parameters only where they exist -----------------------------
+
+
+@pytest.mark.parametrize(
+    "task, extra, frozen, keep, search",
+    [
+        ("joint", [], None, True, False),
+        ("detection", [], "fusion", True, False),
+        ("fusion", [], "detection", False, True),  # P5 is never read by 3 fusion regions
+        (
+            "fusion",
+            ["model.detection.enabled=false", "model.fusion.num_regions=4"],
+            None,
+            False,
+            False,
+        ),
+    ],
+)
+def test_ddp_plan_freezes_untrained_heads_and_searches_only_where_needed(
+    synth_small, task, extra, frozen, keep, search
+):
+    from e2emfd.engine.trainer import training_tasks
+    from e2emfd.engine.unused_parameters import prepare_for_ddp
+    from e2emfd.models import build_model
+
+    cfg = load_config(None, [*TINY_JOINT, f"data.root={synth_small}", f"train.task={task}", *extra])
+    model = build_model(cfg.model)
+    plan = prepare_for_ddp(model, training_tasks(cfg, model.tasks), cfg.model)
+    heads = {"detection": model.detector, "fusion": model.fusion}
+    for name, head in heads.items():
+        if head is not None:
+            assert all(p.requires_grad == (name != frozen) for p in head.parameters()), name
+    assert (plan.keep_in_graph == model.shared_parameters()) if keep else not plan.keep_in_graph
+    assert plan.find_unused is search
+
+
+def test_two_processes_train_jointly_without_the_search_or_its_warning(
+    synth_small, tmp_path, capfd
+):
+    from e2emfd.engine.local import train_locally
+
+    # At 128x96 no box reaches P5: without the zero-weighted term DDP fails the second step.
+    # (mtl=sum: GMTA's balancing steps run outside DDP's all-reduce.)
+    paths = [f"data.root={synth_small}", f"output_dir={tmp_path}"]
+    cfg = load_config(None, [*TINY_JOINT, *paths, "train.max_iters=3", "train.mtl=sum"])
+    assert train_locally(cfg, processes=2, threads=1, progress=False) == 3
+    assert "find_unused_parameters" not in capfd.readouterr().err

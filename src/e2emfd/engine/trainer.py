@@ -35,6 +35,7 @@ from e2emfd.engine.evaluate import evaluate
 from e2emfd.engine.optim import build_optimizer, build_scheduler
 from e2emfd.engine.runtime import autocast_context, move_batch, resolve_device, seed_everything
 from e2emfd.engine.sampler import TrainSampler
+from e2emfd.engine.unused_parameters import UnusedParameters, prepare_for_ddp, zero_weighted
 from e2emfd.models import build_model
 from e2emfd.mtl import TaskBalancer, allreduce_mean, average_gradients
 from e2emfd.utils import results
@@ -156,13 +157,13 @@ def train(
             print(warm.summary())
 
     net = model
+    unused = UnusedParameters()
     if dist.enabled:
+        unused = prepare_for_ddp(model, tasks, cfg.model)
         net = DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            # Which pyramid levels a batch uses depends on its box sizes (RoIAlign picks the
-            # level by size), and fusion-only training never reads P5.
-            find_unused_parameters=True,
+            find_unused_parameters=unused.find_unused,
         )
     reduce_fn = allreduce_mean() if dist.enabled else None
     mtl = cfg.train.mtl if len(tasks) > 1 else "sum"
@@ -268,6 +269,8 @@ def train(
                 # DDP joins all outputs in one autograd node, so it keeps the direct path.
                 out = net(batch, tasks, feature_leaves=balancing and not dist.enabled)
             losses = {t: out["losses"][t].float() for t in tasks}
+            if unused.keep_in_graph:  # a pyramid level no box of this batch maps to
+                losses["detection"] = losses["detection"] + zero_weighted(unused.keep_in_graph)
             # Under DDP, a parameter that a balancing step (run under no_sync) used but this
             # step does not must hold a zero gradient, not None: DDP counts the no_sync step
             # into this step's window and refuses to all-reduce an undefined gradient.
