@@ -59,7 +59,10 @@ class BackboneConfig:
     p6: bool = False
     frozen_bn: bool = True
     freeze_at: int = 2  # 0 = train all; 1 = freeze stem; 2 = stem + stage 1; ...
-    pretrained: str = ""  # local path to a torchvision ResNet state dict ("" = random init)
+    # "" = random init; "imagenet" (or imagenet:V1 | imagenet:V2 where torchvision has both):
+    # torchvision's ImageNet weights via the torch hub cache (downloaded once); or a local
+    # path to a torchvision ResNet state dict
+    pretrained: str = ""
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,7 @@ RESNET_LAYERS = {
     34: (BasicBlock, [3, 4, 6, 3]),
     50: (Bottleneck, [3, 4, 6, 3]),
 }
+IMAGENET = "imagenet"  # model.backbone.pretrained: torchvision's weights via the hub cache
 WEIGHTS_HINT = {
     18: "resnet18-f37072fd.pth",
     34: "resnet34-b627a593.pth",
@@ -104,12 +106,19 @@ def load_pretrained(trunk: ResNetTrunk, path: str, depth: int) -> None:
             f"{file}: pretrained backbone weights not found. On a machine with internet, get "
             f"torchvision's ImageNet weights (https://download.pytorch.org/models/{name}, or "
             f"torchvision.models.resnet{depth}(weights='DEFAULT').state_dict()), copy the file "
-            "here and set model.backbone.pretrained=PATH (or '' for random initialisation)"
+            "here and set model.backbone.pretrained=PATH, or set it to 'imagenet' to download "
+            "them into the torch hub cache (or '' for random initialisation)"
         )
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
         raise ValueError(f"{file}: not a loadable state dict ({exc})") from None
+    load_trunk_state(trunk, state, file, depth)
+
+
+def load_trunk_state(trunk: ResNetTrunk, state: dict, source: str | Path, depth: int) -> None:
+    """Load a torchvision ResNet state dict (its ``fc`` dropped) into the trunk; anything
+    that does not fit is one error naming ``source``."""
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
@@ -117,9 +126,78 @@ def load_pretrained(trunk: ResNetTrunk, path: str, depth: int) -> None:
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
         raise ValueError(
-            f"{file}: does not match a ResNet-{depth} of width {trunk.conv1.out_channels} "
+            f"{source}: does not match a ResNet-{depth} of width {trunk.conv1.out_channels} "
             f"(missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
         )
+
+
+def is_imagenet(spec: str) -> bool:
+    """``imagenet`` or ``imagenet:VERSION``: torchvision's weights, not a local path."""
+    return spec == IMAGENET or spec.startswith(IMAGENET + ":")
+
+
+def imagenet_weights(spec: str, depth: int):
+    """The torchvision weights entry (``ResNet50_Weights.IMAGENET1K_V2`` ...) that
+    ``imagenet`` (torchvision's default) or ``imagenet:V1|V2`` names for a depth."""
+    from torchvision.models import get_model_weights
+
+    versions = get_model_weights(f"resnet{depth}")
+    _, _, version = spec.partition(":")
+    if not version:
+        return versions.DEFAULT
+    available = [name.rsplit("_", 1)[1] for name in versions.__members__ if name != "DEFAULT"]
+    if version.upper() not in available:
+        raise ValueError(
+            f"model.backbone.pretrained={spec}: torchvision has {', '.join(available)} "
+            f"ImageNet weights for ResNet-{depth}; use imagenet or "
+            + " or ".join(f"imagenet:{v}" for v in available)
+        )
+    return versions[f"IMAGENET1K_{version.upper()}"]
+
+
+def imagenet_cache_file(spec: str, depth: int) -> Path:
+    """Where the torch hub cache keeps the file of ``spec`` ($TORCH_HOME/hub/checkpoints)."""
+    url = imagenet_weights(spec, depth).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def load_imagenet(trunk: ResNetTrunk, spec: str, depth: int) -> None:
+    """torchvision's ImageNet weights, read from the torch hub cache; downloaded into it
+    first when the file is not there yet (which needs a network)."""
+    weights = imagenet_weights(spec, depth)
+    width = trunk.conv1.out_channels
+    if width != 64:
+        raise ValueError(
+            f"model.backbone.pretrained={spec}: torchvision's ImageNet ResNet-{depth} has base "
+            f"width 64, this backbone has model.backbone.width={width}; set the width to 64 "
+            "or pretrained to ''"
+        )
+    file = imagenet_cache_file(spec, depth)
+    cached = file.is_file()
+    try:
+        state = weights.get_state_dict(progress=not cached, check_hash=True, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - network, hash and unpickling failures alike
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if cached:
+            raise ValueError(
+                f"{file}: not a loadable state dict ({reason}); delete it to download it again"
+            ) from None
+        raise FileNotFoundError(
+            f"{file}: torchvision's ImageNet weights for ResNet-{depth} ({weights}) are not in "
+            f"the torch hub cache and downloading {weights.url} failed ({reason}); on a "
+            f"machine with internet, download that file and put it in {file.parent} (the "
+            "cache folder, $TORCH_HOME/hub/checkpoints), or set model.backbone.pretrained to "
+            "a local copy of it"
+        ) from None
+    load_trunk_state(trunk, state, file, depth)
+
+
+def load_backbone_weights(trunk: ResNetTrunk, spec: str, depth: int) -> None:
+    """``model.backbone.pretrained``: ``imagenet[:V1|V2]`` or a local file."""
+    if is_imagenet(spec):
+        load_imagenet(trunk, spec, depth)
+    else:
+        load_pretrained(trunk, spec, depth)
 
 
 class SharedBackbone(nn.Module):
@@ -138,7 +216,7 @@ class SharedBackbone(nn.Module):
         self.modality = modality
         self.trunk = ResNetTrunk(cfg.depth, cfg.width, cfg.frozen_bn)
         if cfg.pretrained:
-            load_pretrained(self.trunk, cfg.pretrained, cfg.depth)
+            load_backbone_weights(self.trunk, cfg.pretrained, cfg.depth)
         self.trunk.freeze(cfg.freeze_at)
         self.fpn = FeaturePyramidNetwork(
             self.trunk.out_channels, cfg.out_channels, LastLevelMaxPool() if cfg.p6 else None
