@@ -23,6 +23,10 @@ def _args(root, out, *extra):
     return [f"data.root={root}", f"output_dir={out}", *TINY_JOINT, *extra]
 
 
+def _logged_steps(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
 def _run(cmd, **kwargs):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, **kwargs)
@@ -72,6 +76,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(synth_small, tmp_path
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     (ref, ref_step), (got, got_step) = _weights(reference), _weights(killed)
     assert ref_step == got_step == 12
+    # the resumed run's log holds each step once, and no checkpoint temp file is left
+    assert _logged_steps(killed) == _logged_steps(reference) == list(range(1, 13))
+    assert not list(killed.glob(".*.tmp-*"))
     for key in ref:
         assert torch.equal(ref[key], got[key]), key
 
