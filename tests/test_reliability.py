@@ -462,3 +462,12 @@ def test_two_processes_train_jointly_without_the_search_or_its_warning(
     cfg = load_config(None, [*TINY_JOINT, *paths, "train.max_iters=3", "train.mtl=sum"])
     assert train_locally(cfg, processes=2, threads=1, progress=False) == 3
     assert "find_unused_parameters" not in capfd.readouterr().err
+
+
+def test_an_error_in_a_local_training_process_is_raised_as_itself():
+    from e2emfd.engine.distributed import run_local_processes
+
+    # The demo's processes: the CLI prints a ValueError as one line, not spawn's text of the
+    # traceback. (int, a builtin, keeps the spawned processes' imports to torch's.)
+    with pytest.raises(ValueError, match=r"^invalid literal for int\(\) with base 10: 'x'$"):
+        run_local_processes(int, 2, ("x",))

@@ -44,19 +44,24 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from e2emfd.cli.main import CommandError
     from e2emfd.cli.paths import output_folder
     from e2emfd.demo.pipeline import run_demo
+    from e2emfd.engine.trainer import NonFiniteLossError
 
     output_folder(args.out)
-    summary = run_demo(
-        args.out,
-        args.budget_minutes,
-        args.num_images,
-        args.seed,
-        list(args.overrides),
-        not args.no_progress,
-        boxes=args.boxes,
-    )
+    try:
+        summary = run_demo(
+            args.out,
+            args.budget_minutes,
+            args.num_images,
+            args.seed,
+            list(args.overrides),
+            not args.no_progress,
+            boxes=args.boxes,
+        )
+    except NonFiniteLossError as exc:
+        raise CommandError(str(exc)) from None
     det = summary["detection"]
     print()
     print(

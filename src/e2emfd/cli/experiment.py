@@ -61,21 +61,25 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from e2emfd.cli.main import CommandError
     from e2emfd.cli.paths import output_folder
     from e2emfd.demo.experiment import results_markdown, run_modality_experiment
+    from e2emfd.engine.trainer import NonFiniteLossError
 
     output_folder(args.out)
-
-    results = run_modality_experiment(
-        args.out,
-        args.seeds,
-        args.steps,
-        args.num_images,
-        args.variants,
-        list(args.overrides),
-        not args.no_progress,
-        config=args.config,
-        processes=args.processes,
-    )
+    try:
+        results = run_modality_experiment(
+            args.out,
+            args.seeds,
+            args.steps,
+            args.num_images,
+            args.variants,
+            list(args.overrides),
+            not args.no_progress,
+            config=args.config,
+            processes=args.processes,
+        )
+    except NonFiniteLossError as exc:
+        raise CommandError(str(exc)) from None
     print(results_markdown(results))
     return 0

@@ -3,10 +3,13 @@ the few collectives the trainer needs. Everything degrades to a no-op in one pro
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -64,14 +67,27 @@ def run_local_processes(fn: Callable, world_size: int, args: tuple = (), threads
     On a small CPU, processes with one thread each train a small model faster than one
     process with all the threads (its convolutions are too small to split well).
     ``fn`` must be importable (a module-level function); an exception in any process is
-    raised here."""
+    raised here, as itself (a ValueError stays a ValueError, with its one-line message)."""
+    import tempfile
+
     import torch.multiprocessing as mp
 
     port = _free_port()
-    mp.spawn(_local_rank_main, (world_size, port, threads, fn, args), nprocs=world_size)
+    with tempfile.TemporaryDirectory(prefix="e2emfd-ranks-") as errors:
+        try:
+            mp.spawn(
+                _local_rank_main, (world_size, port, threads, fn, args, errors), nprocs=world_size
+            )
+        except mp.ProcessRaisedException as exc:
+            raised = _load_exception(Path(errors) / f"{exc.error_index}.pickle")
+            if raised is None:
+                raise
+            raise raised from None
 
 
-def _local_rank_main(rank: int, world_size: int, port: int, threads: int, fn, args) -> None:
+def _local_rank_main(
+    rank: int, world_size: int, port: int, threads: int, fn, args, errors: str
+) -> None:
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -80,7 +96,23 @@ def _local_rank_main(rank: int, world_size: int, port: int, threads: int, fn, ar
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(threads)
-    fn(*args)
+    try:
+        fn(*args)
+    except Exception as exc:
+        # spawn hands the parent only the text of the traceback; keep the exception too
+        with contextlib.suppress(Exception), open(Path(errors) / f"{rank}.pickle", "wb") as fh:
+            pickle.dump(exc, fh)
+        raise
+
+
+def _load_exception(path: Path) -> Exception | None:
+    """The exception a process saved, or None (none saved, or it cannot be rebuilt)."""
+    try:
+        with open(path, "rb") as fh:
+            raised = pickle.load(fh)  # written by this run's own processes
+    except Exception:  # noqa: BLE001
+        return None
+    return raised if isinstance(raised, Exception) else None
 
 
 def _free_port() -> int:
