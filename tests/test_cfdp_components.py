@@ -261,3 +261,30 @@ def test_select_detections_hand_case():
     assert [len(o["scores"]) for o in capped] == [2, 2]
     thresholded = select_detections(scores, labels, boxes, whwh, 3, 0.5, score_threshold=0.5)
     assert thresholded[0]["labels"].tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("kind", ["hbb", "obb"])
+def test_gather_pooling_equals_roi_align_per_level(kind):
+    """The fixed-shape gather that CUDA inference uses gives torchvision's aligned RoIAlign
+    (axis-aligned) or the rotated RoIAlign at each box's level, borders included."""
+    from e2emfd.models.detection.pooler import flatten_pyramid
+
+    gen = torch.Generator().manual_seed(2)
+    strides = (4, 8, 16, 32)
+    b, n, c, h, w = 2, 60, 5, 96, 128
+    feats = [torch.randn(b, c, h // s, w // s, generator=gen) for s in strides]
+    centre = torch.rand(b, n, 2, generator=gen) * torch.tensor([w + 60.0, h + 60.0]) - 30
+    size = torch.exp(torch.rand(b, n, 2, generator=gen) * 7.0)  # 1 px .. 1100 px: every level
+    if kind == "hbb":
+        boxes = torch.cat([centre - size / 2, centre + size / 2], -1)
+    else:
+        boxes = torch.cat([centre, size, torch.rand(b, n, 1, generator=gen) * 6 - 3], -1)
+    codec = box_codec(kind)
+    pooler = MultiLevelRoIAlign(codec, strides, 7, 2)
+    per_level = pooler(feats, boxes)  # on the CPU: one RoIAlign call per level
+    flat = boxes.reshape(b * n, -1)
+    levels = assign_levels(codec.area(flat), strides)
+    assert len(levels.unique()) == 4
+    gathered = pooler.pool_gather(flatten_pyramid(feats), flat, levels, n)
+    torch.testing.assert_close(gathered, per_level, atol=1e-4, rtol=1e-4)
+    assert pooler.prepare(feats) is feats  # the CPU keeps the per-level path

@@ -201,6 +201,14 @@ class AxisAlignedBoxes(BoxCodec):
             aligned=True,
         )
 
+    def sample_points(self, boxes: Tensor, output_size: int, ratio: int) -> tuple[Tensor, Tensor]:
+        # torchvision's aligned RoIAlign: sample q of bin j at (j + (q + 0.5) / ratio) bins
+        steps = output_size * ratio
+        frac = (torch.arange(steps, device=boxes.device, dtype=boxes.dtype) + 0.5) / steps
+        x = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * frac
+        y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * frac
+        return x[:, None, :], y[:, :, None]
+
     def l1_cost(self, boxes: Tensor, gt: Tensor, scale: Tensor) -> Tensor:
         return torch.cdist(boxes / scale, gt / scale, p=1)
 
@@ -211,10 +219,23 @@ class AxisAlignedBoxes(BoxCodec):
         return centre_prior(boxes, gt, radius)
 
     def select(
-        self, scores, labels, boxes, scale, num_classes, nms_threshold, max_detections,
+        self,
+        scores,
+        labels,
+        boxes,
+        scale,
+        num_classes,
+        nms_threshold,
+        max_detections,
         score_threshold,
     ) -> list[dict[str, Tensor]]:
         return select_detections(
-            scores, labels, boxes, scale, num_classes, nms_threshold, max_detections,
+            scores,
+            labels,
+            boxes,
+            scale,
+            num_classes,
+            nms_threshold,
+            max_detections,
             score_threshold,
         )

@@ -82,6 +82,12 @@ class BoxCodec(abc.ABC):
         """Pool (K, 1 + dim) RoIs ``(batch index, box)`` from one (B, C, H, W) map ->
         (K, C, S, S) float32."""
 
+    @abc.abstractmethod
+    def sample_points(self, boxes: Tensor, output_size: int, ratio: int) -> tuple[Tensor, Tensor]:
+        """Input-pixel coordinates x, y of the ``(S * ratio)^2`` sample points of each of
+        (K, dim) boxes, as :meth:`roi_align` places them; (K, S * ratio, S * ratio) each
+        (or shapes that broadcast to it)."""
+
     # ---------------------------------------------------------------- matching cost
     @abc.abstractmethod
     def l1_cost(self, boxes: Tensor, gt: Tensor, scale: Tensor) -> Tensor:

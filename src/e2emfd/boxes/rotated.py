@@ -25,6 +25,7 @@ from e2emfd.ops.rotated import (
     rotated_roi_align,
     scale_obb,
 )
+from e2emfd.ops.rotated_roi_align import rotated_sample_points
 
 from .axis_aligned import DELTA_SCALE_CLAMP
 from .base import BoxCodec
@@ -212,6 +213,9 @@ class RotatedBoxes(BoxCodec):
         # samples in float32 (float64 for float64 maps) whatever the autocast dtype
         return rotated_roi_align(feature, rois, output_size, spatial_scale, sampling_ratio)
 
+    def sample_points(self, boxes: Tensor, output_size: int, ratio: int) -> tuple[Tensor, Tensor]:
+        return rotated_sample_points(boxes, output_size, output_size, ratio)
+
     def l1_cost(self, boxes: Tensor, gt: Tensor, scale: Tensor) -> Tensor:
         cost = torch.cdist(boxes[:, :4] / scale, gt[:, :4] / scale, p=1)
         return cost + angle_cost(boxes[:, None, 4], gt[None])
@@ -226,7 +230,14 @@ class RotatedBoxes(BoxCodec):
         return rotated_centre_prior(boxes, gt, radius)
 
     def select(
-        self, scores, labels, boxes, scale, num_classes, nms_threshold, max_detections,
+        self,
+        scores,
+        labels,
+        boxes,
+        scale,
+        num_classes,
+        nms_threshold,
+        max_detections,
         score_threshold,
     ) -> list[dict[str, Tensor]]:
         return select_rotated_detections(

@@ -26,15 +26,18 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _sample_points(rois: Tensor, out_h: int, out_w: int, ratio: int) -> tuple[Tensor, Tensor]:
-    """Input-pixel coordinates (K, out_h * ratio, out_w * ratio) of every sample point."""
-    _, cx, cy, w, h, a = rois.unbind(1)
+def rotated_sample_points(
+    boxes: Tensor, out_h: int, out_w: int, ratio: int
+) -> tuple[Tensor, Tensor]:
+    """Input-pixel coordinates x, y (K, out_h * ratio, out_w * ratio) of every sample point
+    of rotated boxes (K, 5) ``(cx, cy, w, h, angle)``: column j runs along the w side."""
+    cx, cy, w, h, a = boxes.unbind(1)
     # bin j, sample q sits at (j + (q + 0.5) / ratio) / out_w of the side, i.e. the centre
     # of sub-cell j * ratio + q of out_w * ratio equal sub-cells
-    fu = (torch.arange(out_w * ratio, device=rois.device, dtype=rois.dtype) + 0.5) / (
+    fu = (torch.arange(out_w * ratio, device=boxes.device, dtype=boxes.dtype) + 0.5) / (
         out_w * ratio
     ) - 0.5
-    fv = (torch.arange(out_h * ratio, device=rois.device, dtype=rois.dtype) + 0.5) / (
+    fv = (torch.arange(out_h * ratio, device=boxes.device, dtype=boxes.dtype) + 0.5) / (
         out_h * ratio
     ) - 0.5
     u = (w[:, None] * fu[None])[:, None, :]  # (K, 1, Ws) along the w side
@@ -75,7 +78,7 @@ def rotated_roi_align(
     rois = rois.to(dtype)
     b, c, height, width = feats.shape
     k = rois.shape[0]
-    x, y = _sample_points(rois, out_h, out_w, sampling_ratio)
+    x, y = rotated_sample_points(rois[:, 1:], out_h, out_w, sampling_ratio)
     # torchvision's aligned convention: feature pixel i has its centre at input (i + 0.5) / scale
     fx, fy = x * spatial_scale - 0.5, y * spatial_scale - 0.5
     inside = (fx >= -1) & (fx <= width) & (fy >= -1) & (fy <= height)

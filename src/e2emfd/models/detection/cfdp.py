@@ -146,7 +146,7 @@ class CFDPHead(nn.Module):
         """
         time_emb = self.time_mlp(t)
         # RoIAlign samples float32 maps: cast the pyramid once here, not once per stage
-        features = [f.float() for f in features]
+        features = self.pooler.prepare([f.float() for f in features])
         all_logits, all_boxes = [], []
         pro_features = None
         for stage in self.stages:
