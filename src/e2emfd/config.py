@@ -81,6 +81,11 @@ class FusionConfig:
     # part of the fusion head and the fusion loss see (1.0 = the whole image; 0.5 = a
     # quarter of it, ~3x less full-resolution work); inference always fuses whole images
     train_crop: float = 1.0
+    # the public code's layout (configs/m3fd_official.yaml, e2emfd convert-official): the
+    # region branches are upsampled with align_corners=True, and each selective-kernel
+    # unit's softmax runs over its attention maps (per path) instead of over its paths
+    region_align_corners: bool = False
+    sk_softmax: str = "paths"  # paths | maps (the public code's)
 
 
 @dataclass
@@ -348,6 +353,10 @@ def validate_config(cfg: Config) -> Config:
         )
     if cfg.model.size_divisor < 1:
         raise ConfigError(f"model.size_divisor: must be >= 1, got {cfg.model.size_divisor}")
+    if cfg.model.fusion.sk_softmax not in ("paths", "maps"):
+        raise ConfigError(
+            f"model.fusion.sk_softmax: expected paths or maps, got {cfg.model.fusion.sk_softmax!r}"
+        )
     return cfg
 
 

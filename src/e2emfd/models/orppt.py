@@ -72,10 +72,20 @@ class SelectiveKernelAttention(nn.Module):
     Two conv3x3 paths (dilation 1 and 2, BN + ReLU) each predict M maps; global pooling of
     their sum -> FC M->32 -> ReLU -> FC -> a softmax over the paths per map; the weighted
     sum of the paths is the M maps. (B, C, h, w) -> (B, M, h, w).
+
+    ``softmax="maps"`` is the public code's variant: the FC's outputs are laid out (map,
+    path) and the softmax runs over the maps for each path (its ``view(B, -1, paths)`` then
+    ``softmax(dim=1)``), so the paths' weights of one map need not sum to one.
     """
 
     def __init__(
-        self, channels: int, maps: int = 2, reduction: int = 32, paths: int = 2, norm: str = "bn"
+        self,
+        channels: int,
+        maps: int = 2,
+        reduction: int = 32,
+        paths: int = 2,
+        norm: str = "bn",
+        softmax: str = "paths",
     ) -> None:
         super().__init__()
         self.paths = nn.ModuleList(
@@ -89,11 +99,18 @@ class SelectiveKernelAttention(nn.Module):
         self.squeeze = nn.Sequential(nn.Linear(maps, reduction), nn.ReLU(inplace=True))
         self.select = nn.Linear(reduction, maps * paths)
         self.maps = maps
+        if softmax not in ("paths", "maps"):
+            raise ValueError(f"model.fusion.sk_softmax must be paths or maps, got {softmax!r}")
+        self.softmax = softmax
 
     def forward(self, feat: Tensor) -> Tensor:
         outs = torch.stack([path(feat) for path in self.paths], 1)  # (B, P, M, h, w)
         z = self.squeeze(outs.sum(1).mean((2, 3)))  # (B, reduction)
-        weights = self.select(z).view(feat.shape[0], len(self.paths), self.maps).softmax(1)
+        if self.softmax == "maps":
+            logits = self.select(z).view(feat.shape[0], self.maps, len(self.paths))
+            weights = logits.softmax(1).transpose(1, 2)  # (B, P, M)
+        else:
+            weights = self.select(z).view(feat.shape[0], len(self.paths), self.maps).softmax(1)
         return (outs * weights[..., None, None]).sum(1)
 
 
@@ -101,9 +118,11 @@ class RegionBranch(nn.Module):
     """RFRM: features re-weighted by each attention map, concatenated:
     (B, C, h, w) -> (B, M * C, h, w)."""
 
-    def __init__(self, channels: int, maps: int = 2, norm: str = "bn") -> None:
+    def __init__(
+        self, channels: int, maps: int = 2, norm: str = "bn", softmax: str = "paths"
+    ) -> None:
         super().__init__()
-        self.attention = SelectiveKernelAttention(channels, maps, norm=norm)
+        self.attention = SelectiveKernelAttention(channels, maps, norm=norm, softmax=softmax)
 
     def forward(self, feat: Tensor) -> Tensor:
         attn = self.attention(feat)
@@ -140,8 +159,10 @@ class ORPPTHead(nn.Module):
         hidden = cfg.hidden
         self.pixel = PixelBranch(cfg.pixel_channels)
         self.regions = nn.ModuleList(
-            RegionBranch(in_channels, cfg.region_paths, cfg.norm) for _ in self.levels
+            RegionBranch(in_channels, cfg.region_paths, cfg.norm, cfg.sk_softmax)
+            for _ in self.levels
         )
+        self.align_corners = cfg.region_align_corners
         # The 1x1 reduction of the summed, upsampled branch outputs is linear, and so is
         # bilinear upsampling: reducing each branch at its own resolution first and then
         # upsampling gives the same R with 4x fewer full-resolution channels.
@@ -162,7 +183,9 @@ class ORPPTHead(nn.Module):
         total = None
         for name, branch in zip(self.levels, self.regions):
             reduced = self.region_reduce(branch(features[name]))
-            up = F.interpolate(reduced, size=size, mode="bilinear", align_corners=False)
+            up = F.interpolate(
+                reduced, size=size, mode="bilinear", align_corners=self.align_corners
+            )
             total = up if total is None else total + up
         return F.relu(total + self.region_bias.view(1, -1, 1, 1))
 
