@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from e2emfd.metrics import fusion_cpu_filters
 from e2emfd.metrics.fusion import METRIC_NAMES, _fusion_metrics
+from e2emfd.metrics.fusion.cpu_engine import filters as fusion_cpu_filters
 
 # Relative tolerance per metric: float64 metrics agree to rounding (VIF: rounding can flip
 # a LIVE guard on a pixel, about 1e-10); float32 ones to about 1e-7, the MATLAB SSIM to

@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy import ndimage, signal
 
-from e2emfd.metrics import fusion_core
 from e2emfd.metrics.fusion import _fusion_metrics, fusion_metrics
+from e2emfd.metrics.fusion.torch_engine import core as fusion_core
 
 ENGINES = ("torch", "cpu")
 # The CPU engine computes Qabf, Nabf and the MATLAB-convention SSIM partly in float32.

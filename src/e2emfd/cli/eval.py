@@ -98,8 +98,8 @@ def check_classes(weights: str, trained, classes: list[str]) -> None:
 def undefined_warnings(result: dict) -> list[str]:
     """One line per fusion metric that is undefined for some images (from
     ``result["fusion_undefined"]``), naming them and saying what the mean is over."""
-    from e2emfd.metrics.fusion_summary import MetricSummary
-    from e2emfd.metrics.fusion_summary import undefined_warnings as lines
+    from e2emfd.metrics.fusion.summary import MetricSummary
+    from e2emfd.metrics.fusion.summary import undefined_warnings as lines
 
     total = result.get("num_images", 0)
     out = []

@@ -127,7 +127,7 @@ def _write(path: Path, convention: str, names, per_image, summary) -> None:
     import csv
     import json
 
-    from e2emfd.metrics.fusion_summary import defined
+    from e2emfd.metrics.fusion.summary import defined
 
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     from e2emfd.cli.paths import output_file
     from e2emfd.engine.runtime import resolve_device
     from e2emfd.metrics.fusion import resolve_metric_names
-    from e2emfd.metrics.fusion_summary import summarize, undefined_warnings
+    from e2emfd.metrics.fusion.summary import summarize, undefined_warnings
 
     names = resolve_metric_names(args.metrics)
     out = Path(args.out) if args.out else None

@@ -21,7 +21,7 @@ from e2emfd.engine.checkpoint import load_model_for_inference
 from e2emfd.engine.evaluate import evaluate, fusion_scores
 from e2emfd.engine.local import local_processes, train_locally
 from e2emfd.engine.trainer import CHECKPOINT_NAME
-from e2emfd.metrics.fusion_summary import summarize
+from e2emfd.metrics.fusion.summary import summarize
 from e2emfd.models import build_model
 from e2emfd.models.baselines import BASELINES, fuse_baseline
 from e2emfd.mtl import TaskBalancer

@@ -123,8 +123,8 @@ def rotated_scores(predictions: list[dict], ground_truths: list[dict], class_nam
 def _mean_table(rows: list[dict], image_ids: list[str]) -> tuple[dict, dict]:
     """Per convention, each metric's mean over the images where it is defined (None where
     it is defined for none), and ``{conv: {metric: [image ids]}}`` of the images where it
-    is not (see :mod:`e2emfd.metrics.fusion_summary`)."""
-    from e2emfd.metrics.fusion_summary import summarize
+    is not (see :mod:`e2emfd.metrics.fusion.summary`)."""
+    from e2emfd.metrics.fusion.summary import summarize
 
     means, undefined = {}, {}
     for conv in rows[0]:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from e2emfd.metrics.fusion_core import gaussian_taps
+from e2emfd.metrics.fusion.torch_engine.core import gaussian_taps
 
 # Output pixels per tile (per map). Smaller tiles fit the cache better but cost more
 # Python-level operations; 16-32k is the sweet spot on current x86 CPUs.
@@ -216,8 +216,8 @@ def _vif_scale(
 
 def vifp_pair(f: np.ndarray, a: np.ndarray, b: np.ndarray, saturate: bool) -> np.ndarray:
     """``[VIFp(A, F), VIFp(B, F)]`` (LIVE multiscale pixel VIF, see
-    :func:`e2emfd.metrics.fusion_windowed.vifp`); ``saturate`` clips the scale-1 products
-    at 255 like MATLAB's uint8 arithmetic."""
+    :func:`..torch_engine.windowed.vifp`); ``saturate`` clips the scale-1 products at 255
+    like MATLAB's uint8 arithmetic."""
     num = np.zeros(2)
     den = np.zeros(2)
     images = [f, a, b]
@@ -255,7 +255,7 @@ def _box7(x: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
 def ssim_python_pair(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``[SSIM(F, A), SSIM(F, B)]`` as scikit-image's ``structural_similarity`` computes them
     for float32 images with data_range=2 (see
-    :func:`e2emfd.metrics.fusion_python.ssim_metric`), bit for bit up to the final mean."""
+    :func:`..torch_engine.python.ssim_metric`), bit for bit up to the final mean."""
     h, w = f.shape
     n = 7
     ho, wo = h - n + 1, w - n + 1

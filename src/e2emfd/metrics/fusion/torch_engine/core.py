@@ -2,9 +2,8 @@
 
 Every function works on batches of same-size greyscale images ``(B, H, W)`` in float64 on
 any device and reduces over the last two dimensions, returning ``(B,)``. Nothing here knows
-about a convention; :mod:`e2emfd.metrics.fusion_python` and
-:mod:`e2emfd.metrics.fusion_matlab` combine these pieces with each convention's scaling and
-quirks.
+about a convention; :mod:`.python` and :mod:`.matlab` combine these pieces with each
+convention's scaling and quirks.
 """
 
 from __future__ import annotations

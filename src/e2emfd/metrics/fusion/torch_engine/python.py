@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from e2emfd.metrics.fusion_core import (
+from e2emfd.metrics.fusion.torch_engine.core import (
     entropy_bits,
     entropy_from_counts,
     filter2_valid_maps,
@@ -29,7 +29,7 @@ from e2emfd.metrics.fusion_core import (
     spatial_frequency,
     to_levels,
 )
-from e2emfd.metrics.fusion_windowed import nabf, vifp
+from e2emfd.metrics.fusion.torch_engine.windowed import nabf, vifp
 
 
 def en(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -94,7 +94,7 @@ def qabf_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
 
 def nabf_metric(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """Nabf: Shreyamsha Kumar's modified fusion-artefact measure on 0-255 values (not part
-    of the CDDFuse evaluator; see :func:`e2emfd.metrics.fusion_windowed.nabf`)."""
+    of the CDDFuse evaluator; see :func:`e2emfd.metrics.fusion.torch_engine.windowed.nabf`)."""
     return nabf(f, a, b)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from e2emfd.metrics.fusion_core import (
+from e2emfd.metrics.fusion.torch_engine.core import (
     filter2_valid,
     filter2_valid_maps,
     gaussian_taps,

@@ -4,10 +4,10 @@ Published fusion papers report EN, SD, SF, AG, MI, SCD, CC, VIF, Qabf, Nabf, SSI
 MSE, but the numbers depend on which evaluator computed them. Two are reproduced here:
 
 - ``convention="python"``: the CDDFuse ``Evaluator`` (0-255 floats everywhere, MI in nats,
-  SSIM with data_range=2, PSNR peak = max(F)); see :mod:`e2emfd.metrics.fusion_python`.
+  SSIM with data_range=2, PSNR peak = max(F)); see :mod:`e2emfd.metrics.fusion.torch_engine.python`.
 - ``convention="matlab"``: the Linfeng-Tang MATLAB toolbox, 2022 state (uint8 saturation
   in SD, VIF and MI, MI in bits, 0-1 scaling for SF/CC/SCD/Qabf/MSE, PSNR peak 255 on the
-  0-1 MSE); see :mod:`e2emfd.metrics.fusion_matlab`.
+  0-1 MSE); see :mod:`e2emfd.metrics.fusion.torch_engine.matlab`.
 
 Values of the two conventions are not comparable for SD, VIF, MI, SF, MSE and PSNR.
 
@@ -25,8 +25,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from e2emfd.metrics import fusion_cpu, fusion_matlab, fusion_python
-from e2emfd.metrics.fusion_io import CONVENTIONS, check_convention, load_grey, to_grey_levels
+from e2emfd.metrics.fusion import cpu_engine as fusion_cpu
+from e2emfd.metrics.fusion.io import CONVENTIONS, check_convention, load_grey, to_grey_levels
+from e2emfd.metrics.fusion.torch_engine import matlab as fusion_matlab
+from e2emfd.metrics.fusion.torch_engine import python as fusion_python
 
 __all__ = [
     "CONVENTIONS",
@@ -122,7 +124,7 @@ def fusion_metrics(
         the input device, or 0-d tensors for unbatched input. Where the reference divides
         by zero (CC, SCD and the MATLAB VIF with a constant image, Qabf with two all-black
         sources, PSNR with no error) the value is its NaN or inf, as the reference gives
-        it; :mod:`e2emfd.metrics.fusion_summary` reports such values as undefined.
+        it; :mod:`e2emfd.metrics.fusion.summary` reports such values as undefined.
     Raises:
         ValueError: unknown convention or metric, mismatched shapes, values outside 0..255,
             or images too small for a windowed metric (VIF needs 41x41).
@@ -139,7 +141,7 @@ def _fusion_metrics(
     engine: str,
 ) -> dict[str, Tensor]:
     """:func:`fusion_metrics` with a choice of implementation: ``"torch"`` (any device, any
-    values), ``"cpu"`` (:mod:`e2emfd.metrics.fusion_cpu`: CPU tensors of integer grey
+    values), ``"cpu"`` (:mod:`e2emfd.metrics.fusion.cpu_engine`: CPU tensors of integer grey
     levels) or ``"auto"`` (the CPU engine where it applies)."""
     impl = _IMPLEMENTATIONS[check_convention(convention)]
     names = resolve_metric_names(metrics)

@@ -1,11 +1,11 @@
 """CPU engine of :func:`e2emfd.metrics.fusion.fusion_metrics` (numpy, shared work).
 
-The torch implementation (:mod:`e2emfd.metrics.fusion_python`,
-:mod:`e2emfd.metrics.fusion_matlab`) evaluates each metric on its own, in float64, over
+The torch implementation (:mod:`e2emfd.metrics.fusion.torch_engine.python`,
+:mod:`e2emfd.metrics.fusion.torch_engine.matlab`) evaluates each metric on its own, in float64, over
 whole images, which on a CPU spends most of its time moving full-size temporaries through
 memory. This engine computes the same values per image pair, sharing work between
-metrics, in cache-sized tiles (:mod:`e2emfd.metrics.fusion_cpu_filters`,
-:mod:`e2emfd.metrics.fusion_cpu_edges`), and in float32 where the conventions' tolerances
+metrics, in cache-sized tiles (:mod:`e2emfd.metrics.fusion.cpu_engine.filters`,
+:mod:`e2emfd.metrics.fusion.cpu_engine.edges`), and in float32 where the conventions' tolerances
 leave a wide margin (SSIM of the MATLAB convention, Qabf, Nabf: about 1e-7 relative).
 
 It requires integer grey levels (what :func:`load_grey` and :func:`to_grey_levels`
@@ -28,7 +28,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from e2emfd.metrics import fusion_cpu_edges, fusion_cpu_filters
+from e2emfd.metrics.fusion.cpu_engine import edges as fusion_cpu_edges
+from e2emfd.metrics.fusion.cpu_engine import filters as fusion_cpu_filters
 
 LN2 = math.log(2.0)
 _LEVELS = np.arange(256, dtype=np.float64)

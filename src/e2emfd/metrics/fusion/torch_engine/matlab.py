@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from e2emfd.metrics.fusion_core import (
+from e2emfd.metrics.fusion.torch_engine.core import (
     LN2,
     entropy_bits,
     entropy_from_counts,
@@ -33,7 +33,7 @@ from e2emfd.metrics.fusion_core import (
     spatial_frequency,
     to_levels,
 )
-from e2emfd.metrics.fusion_windowed import nabf, ssim, vifp
+from e2emfd.metrics.fusion.torch_engine.windowed import nabf, ssim, vifp
 
 
 def _unit(x: Tensor) -> Tensor:

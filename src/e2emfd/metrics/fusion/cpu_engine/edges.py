@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from e2emfd.metrics import fusion_cpu_filters
+from e2emfd.metrics.fusion.cpu_engine import filters as fusion_cpu_filters
 
 _F32 = np.float32
 _HALF_PI = _F32(math.pi / 2)
@@ -106,7 +106,7 @@ def _total(x: np.ndarray) -> float:
 def _nabf_sums(g2, d, ratio, edges=False):
     """Nabf numerator and denominator of the pixels (without the first and last column if
     ``edges``; see
-    :func:`e2emfd.metrics.fusion_windowed.nabf`). Overwrites d and ratio.
+    :func:`e2emfd.metrics.fusion.torch_engine.windowed.nabf`). Overwrites d and ratio.
 
     With Q = sqrt(P), P = c / ((1 + e_g)(1 + e_a)) = c / (s + c) where
     s = e_g + e_a + e_g e_a + (1 - c), the artefact loss 1 - Q is computed as
@@ -196,12 +196,12 @@ _NEIGHBOURS = ((1, 1), (0, 1), (-1, 1), (1, -1), (0, -1), (-1, -1), (1, 0), (-1,
 
 def _matlab_terms(p: np.ndarray, k: int, pixels: np.ndarray, width: int) -> float:
     """Sum of g_X Q_XF on the 0-1 scale over the given pixels (flat indices into the tile),
-    exactly as the MATLAB toolbox computes it (:func:`e2emfd.metrics.fusion_core.qabf` with
+    exactly as the MATLAB toolbox computes it (:func:`..torch_engine.core.qabf` with
     ``matlab_order``). ``p`` is the zero-padded integer tile of [F, A, B], ``k`` the
     source's index in it.
 
     MATLAB's ``conv2`` accumulates k[p, s] * X[i + 1 - p, j + 1 - s] from 0 with p fastest
-    (see :func:`e2emfd.metrics.fusion_core.conv2_same`); the terms are replayed in that
+    (see :func:`e2emfd.metrics.fusion.torch_engine.core.conv2_same`); the terms are replayed in that
     order on the gathered neighbours, for F and X at once."""
     stride = width + 2
     base = (pixels // width + 1) * stride + pixels % width + 1
