@@ -187,13 +187,9 @@ def main() -> None:
     noise = None
     if model_gpu.detector is not None:
         torch.manual_seed(0)  # as run(): the eager head's first draw is all its noise
-        shape = (
-            runner.sampling_steps,
-            args.batch,
-            runner.num_proposals,
-            model_gpu.detector.codec.dim,
+        noise = model_gpu.detector.draw_noise(
+            args.batch, runner.num_proposals, runner.sampling_steps, cuda
         )
-        noise = torch.randn(shape, device=cuda)
     graphed = runner(batch["vis"], batch["ir"], noise=noise)
     graphed = runner(batch["vis"], batch["ir"], noise=noise)  # a replay, not the capture
     pix = (graphed["fused_rgb"].float() - low["fused_rgb"].float()).abs().max().item()

@@ -202,6 +202,27 @@ def test_inference_is_deterministic_under_a_seed(flags):
     assert not torch.equal(other[0]["scores"], runs[0][0]["scores"])
 
 
+def test_the_noise_input_is_every_random_draw_of_the_ddim_loop():
+    """With box renewal and stochastic DDIM updates (eta 1), the loop's result depends on
+    its noise input only, not on the global generator (what CUDA graphs and ONNX need)."""
+    # renewal threshold 0: every proposal is kept, so each DDIM update's noise matters
+    head = CFDPHead(_cfg(ddim_eta=1.0, renewal_threshold=0.0), in_channels=HIDDEN).eval()
+    feats = [f for f in _features(2, 64, 64).values()]
+    scale = head.box_scale(torch.tensor([[64, 64], [50, 60]]))
+    noise = head.draw_noise(2, 10, 3, "cpu")
+    assert noise.shape == (5, 2, 10, 4) and head.noise_steps(noise) == 3
+    torch.manual_seed(1)
+    first = head.candidates(feats, scale, noise)
+    torch.manual_seed(2)
+    second = head.candidates(feats, scale, noise)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    changed = noise.clone()
+    changed[3] += 1.0  # the first DDIM update's noise
+    third = head.candidates(feats, scale, changed)
+    assert not torch.equal(third[2], first[2])
+
+
 def test_inference_nms_removes_duplicates_per_class():
     head = CFDPHead(_cfg(nms_threshold=0.5, max_detections=100), in_channels=HIDDEN).eval()
     out = head(_features(1, 64, 64), torch.tensor([[64, 64]]), sampling_steps=4)[0]

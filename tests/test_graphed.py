@@ -38,7 +38,8 @@ def test_runner_matches_fuse_and_detect(boxes):
     runner = GraphedInference(model, B, H, W)
     n, dim = runner.num_proposals, model.detector.codec.dim
     torch.manual_seed(11)
-    noise = torch.randn(3, B, n, dim)
+    noise = model.detector.draw_noise(B, n, 3, "cpu")
+    assert noise.shape == (5, B, n, dim)
     out = runner(vis, ir, noise=noise)
     torch.manual_seed(11)  # detect draws the same starting boxes from the same seed
     expected = model.detect(vis, ir)

@@ -200,19 +200,12 @@ def export_onnx(
         head = model.detector
         n = head.cfg.inference_proposals(num_proposals)
         steps = sampling_steps or head.cfg.sampling_steps
-        if steps > 1 and head.diffusion.eta > 0:
-            raise ValueError(
-                f"{path}: {steps} DDIM steps with model.detection.ddim_eta="
-                f"{head.diffusion.eta}: each update after the first draws fresh noise inside "
-                "the head, which is not part of the noise input, so the graph would not be "
-                "reproducible; export with 1 step (--steps 1) or a model with ddim_eta=0"
-            )
         example["noise"] = head.draw_noise(2, n, steps, "cpu")
         shapes["noise"] = {1: batch}
         outputs += ["boxes", "scores", "labels"]
         meta.update(
             inputs=["visible", "infrared", "noise"],
-            noise_shape=[steps, "batch", n, head.codec.dim],
+            noise_shape=[2 * steps - 1, "batch", n, head.codec.dim],
             boxes=head.codec.kind,
             nms="graph" if head.codec.kind == "hbb" else "select",
         )

@@ -148,8 +148,9 @@ def _subset_rule(cfg: Config) -> Callable[[str], str | None]:
 
 EVAL_SEED = 0  # of the detector's random starting boxes
 # How the sampler turns that seed into boxes; a change makes every stored score stale.
-# 2: all DDIM draws (start and renewals) taken at once, as one (steps, B, N, 4) tensor.
-NOISE_LAYOUT = 2
+# 2: all DDIM draws (start and renewals) taken at once, as one (steps, B, N, 4) tensor;
+# 3: the DDIM update noise too, (2 * steps - 1, B, N, dim).
+NOISE_LAYOUT = 3
 
 
 def _eval_settings(cfg) -> dict:

@@ -65,7 +65,8 @@ class GraphedInference:
             raise ValueError("nothing to run: the model has neither of the requested heads")
         self.model = model.eval()
         self.tasks = tuple(
-            task for task, wanted in (("detection", self.detection), ("fusion", self.fusion))
+            task
+            for task, wanted in (("detection", self.detection), ("fusion", self.fusion))
             if wanted
         )
         self.bf16 = bf16 and device.type == "cuda"
@@ -102,16 +103,14 @@ class GraphedInference:
     def _forward(self) -> dict:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16)
         with torch.no_grad(), autocast:
-            return self.model.infer(
-                self._vis, self._ir, self._sizes, self._noise, tasks=self.tasks
-            )
+            return self.model.infer(self._vis, self._ir, self._sizes, self._noise, tasks=self.tasks)
 
     def __call__(self, vis: Tensor, ir: Tensor, noise: Tensor | None = None) -> dict:
         """vis (B, 3, H, W) and ir (B, 1, H, W) in [0, 1] on the model's device, at the
         runner's shape.
 
-        ``noise``: every random draw of the DDIM loop, (steps, B, N, dim) (see the
-        head's ``candidates``); default fresh Gaussian noise from the global generator,
+        ``noise``: every random draw of the DDIM loop, (2 * steps - 1, B, N, dim) (see
+        the head's ``draw_noise``); default fresh Gaussian noise from the global generator,
         drawn as the eager head draws it, so the same seed gives the same detections.
 
         Returns ``{"fused", "fused_rgb", "detections"}`` like the eager model (a head that

@@ -201,8 +201,9 @@ class E2EMFD(nn.Module):
 
         vis (B, 3, H, W), ir (B, 1, H, W) in [0, 1], H and W multiples of the size
         divisor; image_sizes (B, 2) [h, w] before padding. ``noise``: every random draw of
-        the detector's DDIM loop, (steps, B, N, dim); default: drawn from the global
-        generator, with the config's (or the given) proposals and steps.
+        the detector's DDIM loop, (2 * steps - 1, B, N, dim) (``draw_noise``); default:
+        drawn from the global generator, with the config's (or the given) proposals and
+        steps.
 
         Returns ``{"fused": (B, 1, H, W) luminance, "fused_rgb": (B, 3|1, H, W),
         "candidates": (scores, labels, boxes) before NMS, "scale": (B, 4) box scale}``

@@ -49,6 +49,8 @@ class DetectionHead(Protocol):
 
     def draw_noise(self, batch: int, num_proposals: int, steps: int, device) -> Tensor: ...
 
+    def noise_steps(self, noise: Tensor) -> int: ...
+
     def candidates(self, features: list[Tensor], scale: Tensor, noise: Tensor) -> Candidates: ...
 
     def select(self, candidates: Candidates, scale: Tensor) -> list[dict[str, Tensor]]: ...
@@ -225,21 +227,31 @@ class CFDPHead(nn.Module):
 
     def draw_noise(self, batch: int, num_proposals: int, steps: int, device) -> Tensor:
         """Every random draw of a DDIM loop of ``steps`` steps, from the global generator:
-        (steps, B, N, dim) Gaussian box signals (see :meth:`candidates`)."""
-        return torch.randn(steps, batch, num_proposals, self.codec.dim, device=device)
+        (2 * steps - 1, B, N, dim) Gaussian box signals: the starting signals, the fresh
+        boxes of each of the ``steps - 1`` renewals, then the noise of each of the
+        ``steps - 1`` DDIM updates (see :meth:`candidates`)."""
+        return torch.randn(2 * steps - 1, batch, num_proposals, self.codec.dim, device=device)
+
+    @staticmethod
+    def noise_steps(noise: Tensor) -> int:
+        """The DDIM steps a :meth:`draw_noise` tensor serves."""
+        return (noise.shape[0] + 1) // 2
 
     @torch.no_grad()
     def candidates(self, features: list[Tensor], scale: Tensor, noise: Tensor) -> Candidates:
         """The DDIM loop: scores (B, K), labels (B, K) and pixel boxes (B, K, dim) of the
         best (proposal, class) pairs, before NMS.
 
-        ``noise`` (S, B, N, dim) holds every random draw of S DDIM steps: the starting box
-        signals, then the fresh boxes of each renewal. With the randomness an input, the
-        loop has fixed shapes, no host synchronisation and no generator state, so a CUDA
-        graph can capture it and replay it with the same result as the eager loop.
+        ``noise`` (2S - 1, B, N, dim) holds every random draw of S DDIM steps
+        (:meth:`draw_noise`): the starting box signals, the fresh boxes of each renewal and
+        the noise of each DDIM update. With the randomness an input, the loop has fixed
+        shapes, no host synchronisation and no generator state, so a CUDA graph can capture
+        it and replay it with the same result as the eager loop, and an ONNX graph can take
+        it as an input.
         """
         cfg, signal_scale = self.cfg, self.cfg.signal_scale
-        steps, b, num_proposals = noise.shape[:3]
+        steps = self.noise_steps(noise)
+        b, num_proposals = noise.shape[1:3]
         x = noise[0]
         candidates = []
         for step, (t, t_next) in enumerate(ddim_timesteps(cfg.timesteps, steps)):
@@ -252,7 +264,9 @@ class CFDPHead(nn.Module):
                 break
             x0 = self.codec.to_signal(boxes, scale[:, None], signal_scale)
             eps = self.diffusion.predict_noise(x, tt, x0)
-            x_next = self.diffusion.ddim_step(x0, eps, t, t_next)
+            x_next = self.diffusion.ddim_step(
+                x0, eps, t, t_next, noise[steps + step], eta=cfg.ddim_eta
+            )
             if cfg.box_renewal:
                 # proposals that found nothing restart from fresh noise (in place, so every
                 # image keeps N proposals and the batch stays rectangular)

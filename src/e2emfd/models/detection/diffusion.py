@@ -74,15 +74,22 @@ class BoxDiffusion(nn.Module):
         )
 
     def ddim_step(
-        self, x0: Tensor, eps: Tensor, t: int, t_next: int, noise: Tensor | None = None
+        self,
+        x0: Tensor,
+        eps: Tensor,
+        t: int,
+        t_next: int,
+        noise: Tensor | None = None,
+        eta: float | None = None,
     ) -> Tensor:
         """One DDIM update from step ``t`` to ``t_next >= 0`` (Song et al. 2021, eq. 12).
 
-        ``eta`` = 0 is deterministic DDIM, 1 matches DDPM's posterior variance; with
-        ``eta > 0`` a ``noise`` like ``x0`` must be given (or is drawn).
+        ``eta`` (default the module's) = 0 is deterministic DDIM, 1 matches DDPM's posterior
+        variance; with ``eta > 0`` a ``noise`` like ``x0`` should be given (else drawn).
         """
         a, a_next = self.alpha_bar(t), self.alpha_bar(t_next)
-        sigma = self.eta * math.sqrt((1 - a / a_next) * (1 - a_next) / (1 - a))
+        eta = self.eta if eta is None else eta
+        sigma = eta * math.sqrt((1 - a / a_next) * (1 - a_next) / (1 - a))
         c = math.sqrt(max(1 - a_next - sigma**2, 0.0))
         out = x0 * math.sqrt(a_next) + c * eps
         if sigma > 0:
