@@ -6,6 +6,7 @@ import shutil
 
 import cv2
 import pytest
+import torch
 
 from conftest import TINY_JOINT
 from e2emfd.cli.main import build_parser, main
@@ -151,7 +152,7 @@ def test_detect_on_real_llvip_pairs(shared_data, tiny_checkpoint, tmp_path):
     assert drawn.shape[:2] == (1024, 1280)
 
 
-def test_eval_writes_metrics_json(synth_small, tiny_checkpoint, tmp_path):
+def test_eval_writes_metrics_json(synth_small, tiny_checkpoint, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(f"data:\n  root: {synth_small}\n")
     out = tmp_path / "metrics.json"
@@ -165,6 +166,7 @@ def test_eval_writes_metrics_json(synth_small, tiny_checkpoint, tmp_path):
                 "--out",
                 str(out),
                 "--no-progress",
+                "--baselines",
             ]
         )
         == 0
@@ -173,6 +175,28 @@ def test_eval_writes_metrics_json(synth_small, tiny_checkpoint, tmp_path):
     assert result["num_images"] == 4
     assert {"AP", "AP50", "voc07_mAP50", "voc_mAP50", "per_class"} <= set(result["detection"])
     assert set(result["fusion"]) == {"python", "matlab"} and "VIF" in result["fusion"]["matlab"]
+    # the classical methods scored on the same pairs, against an independent computation
+    from e2emfd.config import load_config
+    from e2emfd.data import build_dataset, build_transforms
+    from e2emfd.metrics.fusion import fusion_metrics, to_grey_levels
+    from e2emfd.models.color import luminance, restore_color
+
+    baselines = result["fusion_baselines"]
+    assert set(baselines["python"]) == {"average", "max", "laplacian"}
+    dataset = build_dataset(
+        load_config(config).data, "test", build_transforms(load_config(config).data, False)
+    )
+    en = []
+    for i in range(len(dataset)):
+        vis, ir = dataset[i]["vis"][None], dataset[i]["ir"][None]
+        brighter = torch.maximum(luminance(vis, "ycbcr"), ir)
+        grey = [
+            to_grey_levels(x, "python") for x in (restore_color(brighter, vis, "ycbcr"), ir, vis)
+        ]
+        en.append(float(fusion_metrics(*grey)["EN"]))
+    assert baselines["python"]["max"]["EN"] == pytest.approx(sum(en) / len(en), rel=1e-9)
+    printed = capsys.readouterr().out
+    assert "fusion (python convention)" in printed and "laplacian" in printed
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -17,7 +17,11 @@ with data.test_split=NAME or a path to an id list). Writes --out (default:
               a value the reference leaves undefined (0 / 0, e.g. CC of a constant image)
               is left out of the mean, the images are named in a warning and listed in
               fusion_undefined, and a mean over no image is null
-The model is the checkpoint's; the config supplies only the data section.
+  fusion_baselines  (with --baselines) the same fusion metrics of average, max and
+              Laplacian-pyramid fusion of the same pairs, for a table beside the model's
+The model is the checkpoint's; the config supplies only the data section. Images are
+evaluated at the size the config's data section resizes them to (data.short_side), the
+size the model works at.
 """
 
 
@@ -32,6 +36,11 @@ def register(subparsers) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     parser.add_argument("--weights", required=True, help="checkpoint to evaluate")
     parser.add_argument("--out", help="output JSON (default: next to the checkpoint)")
+    parser.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also score average, max and Laplacian fusion of the same pairs",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-images", type=int, help="evaluate only the first N test pairs")
     parser.add_argument("--device", default="auto")
@@ -46,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from e2emfd.config import load_config
     from e2emfd.data import build_dataset, build_transforms
     from e2emfd.engine.checkpoint import load_model_for_inference
-    from e2emfd.engine.evaluate import evaluate
+    from e2emfd.engine.evaluate import baseline_fusion_scores, evaluate
     from e2emfd.engine.runtime import resolve_device
     from e2emfd.utils import results
 
@@ -68,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         voc=True,
     )
+    if args.baselines:
+        result["fusion_baselines"] = baseline_fusion_scores(dataset, ("python", "matlab"))
     result["weights"] = str(args.weights)
     result["split"] = cfg.data.test_split
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +141,10 @@ def format_result(result: dict) -> str:
             + "  ".join(f"{k} {v:.3f}" for k, v in det["per_class_AP50"].items())
         )
     for conv, values in result.get("fusion", {}).items():
-        shown = ("undefined" if v is None else f"{v:.3f}" for v in values.values())
-        lines.append(f"fusion ({conv}): " + "  ".join(f"{k} {v}" for k, v in zip(values, shown)))
+        rows = {"E2E-MFD": values, **result.get("fusion_baselines", {}).get(conv, {})}
+        lines.append(f"fusion ({conv} convention)")
+        lines.append(f"  {'':<10}" + "".join(f"{k:>8}" for k in values))
+        for method, row in rows.items():
+            shown = ("undefined" if row.get(k) is None else f"{row[k]:.3f}" for k in values)
+            lines.append(f"  {method:<10}" + "".join(f"{v:>8}" for v in shown))
     return "\n".join(lines)

@@ -18,12 +18,10 @@ from e2emfd.demo import report
 from e2emfd.demo.config import demo_config
 from e2emfd.demo.experiment import condition_means
 from e2emfd.engine.checkpoint import load_model_for_inference
-from e2emfd.engine.evaluate import evaluate, fusion_scores
+from e2emfd.engine.evaluate import baseline_fusion_scores, evaluate
 from e2emfd.engine.local import local_processes, train_locally
 from e2emfd.engine.trainer import CHECKPOINT_NAME
-from e2emfd.metrics.fusion.summary import summarize
 from e2emfd.models import build_model
-from e2emfd.models.baselines import BASELINES, fuse_baseline
 from e2emfd.mtl import TaskBalancer
 from e2emfd.synth.street import generate_dataset, is_test_index
 from e2emfd.utils import results
@@ -113,26 +111,6 @@ def pick_scenes(data_root: Path, test_ids: list[str], per_condition: int = 2) ->
         for image_id in [i for i in test_ids if condition.get(i) == cond][:per_condition]:
             chosen[image_id] = cond
     return chosen
-
-
-def baseline_fusion_scores(dataset, conventions=CONVENTIONS) -> dict[str, dict[str, dict]]:
-    """Mean fusion metrics of the classical baselines on a dataset: {conv: {method: {...}}},
-    each over the images where it is defined (as the model's, in ``evaluate``)."""
-    rows: dict = {}
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        vis, ir = sample["vis"][None], sample["ir"][None]
-        for method in BASELINES:
-            fused = fuse_baseline(vis, ir, method)[0]
-            for conv, values in fusion_scores(
-                fused, sample["ir"], sample["vis"], conventions
-            ).items():
-                per_image = rows.setdefault(conv, {}).setdefault(method, [])
-                per_image.append((sample["image_id"], values))
-    return {
-        conv: {m: {k: s.mean for k, s in summarize(r, r[0][1]).items()} for m, r in methods.items()}
-        for conv, methods in rows.items()
-    }
 
 
 def check_arguments(num_images: int, budget_minutes: float, batch_size: int) -> None:
