@@ -1,4 +1,4 @@
-"""The fusion loss (paper, section 3.3): pixel intensity with an object mask, multi-scale gradient,
+"""The fusion loss (the E2E-MFD fusion loss): pixel intensity with an object mask, multi-scale gradient,
 and SSIM against both sources.
 
 All terms are averaged over each image's valid (unpadded) area, and the object mask is

@@ -2,7 +2,7 @@
 
 The visible image and the infrared image (repeated to three channels) go through the SAME
 weights, as one batch of 2B images; the two feature pyramids are summed level by level
-(spec 2.1). Both heads read the summed pyramid.
+(the paper's shared backbone). Both heads read the summed pyramid.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The E2E-MFD network: one shared backbone, the ORPPT fusion head and the CFDP detection
-head, trained together (paper, section 3).
+head, trained together in one stage (Zhang et al., NeurIPS 2024).
 
 ``model(batch)`` in training mode returns each task's loss (the trainer balances them);
 in eval mode it returns the fused image and the detections. ``fuse`` and ``detect`` are

@@ -88,7 +88,7 @@ class TaskBalancer:
 
     Args:
         method: one of :data:`METHODS`. ``sum``: plain ``sum(losses).backward()``. ``gmta``:
-            Aligned-MTL (spec 2.5, :mod:`e2emfd.mtl.gmta`). ``pcgrad``, ``cagrad`` (c=0.4 by
+            Aligned-MTL (the paper's GMTA, :mod:`e2emfd.mtl.gmta`). ``pcgrad``, ``cagrad`` (c=0.4 by
             default), ``nashmtl``, ``imtl`` (IMTL-G), ``mgda``, ``upgrad``: the torchjd 0.18
             aggregators applied to the task gradients of the shared parameters.
         shared_params: the parameters every task depends on (backbone + FPN). Those with

@@ -1,11 +1,11 @@
 """GMTA (Gradient Matrix Task Alignment) = Aligned-MTL on the Gram matrix of task gradients.
 
-Notation (spec section 2.5): ``G`` is the ``T x P`` matrix whose row ``i`` is task ``i``'s
+Notation (E2E-MFD's GMTA, after Aligned-MTL, Senushkin et al. CVPR 2023): ``G`` is the ``T x P`` matrix whose row ``i`` is task ``i``'s
 gradient on the shared parameters (flattened). Everything here works on the ``T x T`` Gram
 matrix ``G G^T`` only, so nobody ever needs to materialise ``G``:
 
 - eigendecompose ``G G^T = V diag(l) V^T`` (in float64);
-- keep the eigenvalues ``l > l_max * T * eps`` (``T = 2`` gives the spec's ``2 * eps``; the
+- keep the eigenvalues ``l > l_max * T * eps`` (``T = 2`` gives the paper's ``2 * eps``; the
   rest are numerical noise of a rank-deficient ``G``);
 - ``W = sqrt(l_min) V diag(l^-1/2) V^T`` over the kept eigenpairs, with ``l_min`` the smallest
   KEPT eigenvalue. The aligned matrix ``W G`` equals ``s_min U V_G^T`` for the thin SVD
@@ -15,7 +15,7 @@ matrix ``G G^T`` only, so nobody ever needs to materialise ``G``:
 
 Relation to torchjd 0.18: ``torchjd.aggregation.AlignedMTL(pref_vector=ones(T))(G)`` equals
 ``w^T G`` exactly; the default ``AlignedMTL()`` uses the preference ``1/T`` and so returns
-``w^T G / T``. The spec sums the aligned rows, hence no ``1/T`` here.
+``w^T G / T``. E2E-MFD sums the aligned rows, hence no ``1/T`` here.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def gmta_transform(gram: Tensor, scale_mode: str = "min") -> Tensor:
     Args:
         gram: ``[T, T]`` Gram matrix ``G G^T`` of the task gradients (any float dtype/device).
         scale_mode: the common norm of the aligned rows: ``min`` = ``sqrt(l_min)`` (the
-            paper's and the spec's), ``median`` = sqrt of the median kept eigenvalue (the
+            paper's), ``median`` = sqrt of the median kept eigenvalue (the
             lower middle one, as ``torch.median``; equal to ``min`` for two tasks), ``rmse``
             = sqrt of the mean kept eigenvalue (the original Aligned-MTL code's). The
             direction of the update is the same in every mode; only its length differs,
