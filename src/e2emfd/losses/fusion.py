@@ -1,5 +1,5 @@
-"""The fusion loss (the E2E-MFD fusion loss): pixel intensity with an object mask, multi-scale gradient,
-and SSIM against both sources.
+"""The E2E-MFD fusion loss: pixel intensity with an object mask, multi-scale gradient, and
+SSIM against both sources.
 
 All terms are averaged over each image's valid (unpadded) area, and the object mask is
 built per image, so the loss is right for any batch size and any mix of image sizes.
