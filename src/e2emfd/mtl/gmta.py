@@ -1,8 +1,9 @@
 """GMTA (Gradient Matrix Task Alignment) = Aligned-MTL on the Gram matrix of task gradients.
 
 Notation (E2E-MFD's GMTA, after Aligned-MTL, Senushkin et al. CVPR 2023): ``G`` is the
-``T x P`` matrix whose row ``i`` is task ``i``'s gradient on the shared parameters (flattened). Everything here works on the ``T x T`` Gram
-matrix ``G G^T`` only, so nobody ever needs to materialise ``G``:
+``T x P`` matrix whose row ``i`` is task ``i``'s gradient on the shared parameters
+(flattened). Everything here works on the ``T x T`` Gram matrix ``G G^T`` only, so nobody
+ever needs to materialise ``G``:
 
 - eigendecompose ``G G^T = V diag(l) V^T`` (in float64);
 - keep the eigenvalues ``l > l_max * T * eps`` (``T = 2`` gives the paper's ``2 * eps``; the
