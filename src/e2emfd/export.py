@@ -268,16 +268,7 @@ def select(meta: dict, outputs: dict[str, Tensor], image_sizes: Tensor) -> list[
     det = DetectionConfig(**meta["config"]["detection"])
     codec = box_codec(det.boxes)
     scale = codec.image_scale(torch.as_tensor(image_sizes))
-    return codec.select(
-        scores,
-        labels,
-        boxes,
-        scale,
-        det.num_classes,
-        det.nms_threshold,
-        det.max_detections,
-        det.score_threshold,
-    )
+    return codec.select((scores, labels, boxes), scale, det)
 
 
 def run_onnx(path: str | Path, visible: Tensor, infrared: Tensor, noise: Tensor | None = None):

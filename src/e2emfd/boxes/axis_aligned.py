@@ -13,6 +13,8 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_convert, box_iou, generalized_box_iou, roi_align
 
+from e2emfd.config import DetectionConfig
+
 from .base import BoxCodec
 
 # detectron2 / Sparse R-CNN defaults: the centre deltas are down-weighted so that the
@@ -152,6 +154,12 @@ class AxisAlignedBoxes(BoxCodec):
 
     kind = "hbb"
     dim = 4
+    image_scale = staticmethod(image_whwh)
+    normalize = staticmethod(normalize_boxes)
+    from_signal = staticmethod(signal_to_boxes)
+    random_normalized = staticmethod(random_normalized_boxes)
+    apply_deltas = staticmethod(apply_deltas)
+    centre_prior = staticmethod(centre_prior)
 
     def rescale(self, boxes: Tensor, sx: float, sy: float) -> Tensor:
         return boxes * boxes.new_tensor([sx, sy, sx, sy])
@@ -174,21 +182,6 @@ class AxisAlignedBoxes(BoxCodec):
 
     def area(self, boxes: Tensor) -> Tensor:
         return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-
-    def image_scale(self, image_sizes: Tensor) -> Tensor:
-        return image_whwh(image_sizes)
-
-    def normalize(self, boxes: Tensor, scale: Tensor) -> Tensor:
-        return normalize_boxes(boxes, scale)
-
-    def from_signal(self, signal: Tensor, scale: Tensor, signal_scale: float) -> Tensor:
-        return signal_to_boxes(signal, scale, signal_scale)
-
-    def random_normalized(self, num, device=None, dtype=torch.float32, generator=None) -> Tensor:
-        return random_normalized_boxes(num, device, dtype, generator)
-
-    def apply_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
-        return apply_deltas(deltas, boxes)
 
     def roi_align(self, feature, rois, output_size, spatial_scale, sampling_ratio) -> Tensor:
         # float32 sampling: bf16 box coordinates would be off by pixels
@@ -215,27 +208,12 @@ class AxisAlignedBoxes(BoxCodec):
     def overlap_cost(self, boxes: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
         return generalized_box_iou(boxes, gt), box_iou(boxes, gt)
 
-    def centre_prior(self, boxes: Tensor, gt: Tensor, radius: float) -> tuple[Tensor, Tensor]:
-        return centre_prior(boxes, gt, radius)
-
-    def select(
-        self,
-        scores,
-        labels,
-        boxes,
-        scale,
-        num_classes,
-        nms_threshold,
-        max_detections,
-        score_threshold,
-    ) -> list[dict[str, Tensor]]:
+    def select(self, candidates, scale: Tensor, cfg: DetectionConfig) -> list[dict[str, Tensor]]:
         return select_detections(
-            scores,
-            labels,
-            boxes,
+            *candidates,
             scale,
-            num_classes,
-            nms_threshold,
-            max_detections,
-            score_threshold,
+            cfg.num_classes,
+            cfg.nms_threshold,
+            cfg.max_detections,
+            cfg.score_threshold,
         )

@@ -7,6 +7,8 @@ import abc
 import torch
 from torch import Tensor
 
+from e2emfd.config import DetectionConfig
+
 
 class BoxCodec(abc.ABC):
     """One kind of box (axis-aligned or rotated) and everything the pipeline does with it.
@@ -105,18 +107,11 @@ class BoxCodec(abc.ABC):
     # ----------------------------------------------------------------- inference
     @abc.abstractmethod
     def select(
-        self,
-        scores: Tensor,
-        labels: Tensor,
-        boxes: Tensor,
-        scale: Tensor,
-        num_classes: int,
-        nms_threshold: float,
-        max_detections: int,
-        score_threshold: float,
+        self, candidates: tuple[Tensor, Tensor, Tensor], scale: Tensor, cfg: DetectionConfig
     ) -> list[dict[str, Tensor]]:
-        """Per image: the final detections (per-class NMS, best ``max_detections``) of
-        candidates scores, labels (B, K) and boxes (B, K, dim); ``scale`` (B, 4)."""
+        """Per image: the final detections (per-class NMS at ``cfg.nms_threshold``, scores
+        above ``cfg.score_threshold``, the best ``cfg.max_detections``) of candidate scores,
+        labels (B, K) and boxes (B, K, dim); ``scale`` (B, 4)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

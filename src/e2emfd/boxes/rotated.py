@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from e2emfd.config import DetectionConfig
 from e2emfd.ops.rotated import (
     hflip_obb,
     normalize_le90,
@@ -181,37 +182,20 @@ class RotatedBoxes(BoxCodec):
 
     kind = "obb"
     dim = 5
-
-    def rescale(self, boxes: Tensor, sx: float, sy: float) -> Tensor:
-        return scale_obb(boxes, sx, sy)
-
-    def hflip(self, boxes: Tensor, width: float) -> Tensor:
-        return hflip_obb(boxes, width)
-
-    def mask(self, boxes: Tensor, height: int, width: int) -> Tensor:
-        return rotated_box_mask(boxes, height, width)
+    rescale = staticmethod(scale_obb)
+    hflip = staticmethod(hflip_obb)
+    mask = staticmethod(rotated_box_mask)
+    image_scale = staticmethod(image_scale)
+    normalize = staticmethod(normalize_obb)
+    from_signal = staticmethod(signal_to_obb)
+    random_normalized = staticmethod(random_normalized_obb)
+    apply_deltas = staticmethod(apply_obb_deltas)
+    # samples in float32 (float64 for float64 maps) whatever the autocast dtype
+    roi_align = staticmethod(rotated_roi_align)
+    centre_prior = staticmethod(rotated_centre_prior)
 
     def area(self, boxes: Tensor) -> Tensor:
         return boxes[..., 2] * boxes[..., 3]
-
-    def image_scale(self, image_sizes: Tensor) -> Tensor:
-        return image_scale(image_sizes)
-
-    def normalize(self, boxes: Tensor, scale: Tensor) -> Tensor:
-        return normalize_obb(boxes, scale)
-
-    def from_signal(self, signal: Tensor, scale: Tensor, signal_scale: float) -> Tensor:
-        return signal_to_obb(signal, scale, signal_scale)
-
-    def random_normalized(self, num, device=None, dtype=torch.float32, generator=None) -> Tensor:
-        return random_normalized_obb(num, device, dtype, generator)
-
-    def apply_deltas(self, deltas: Tensor, boxes: Tensor) -> Tensor:
-        return apply_obb_deltas(deltas, boxes)
-
-    def roi_align(self, feature, rois, output_size, spatial_scale, sampling_ratio) -> Tensor:
-        # samples in float32 (float64 for float64 maps) whatever the autocast dtype
-        return rotated_roi_align(feature, rois, output_size, spatial_scale, sampling_ratio)
 
     def sample_points(self, boxes: Tensor, output_size: int, ratio: int) -> tuple[Tensor, Tensor]:
         return rotated_sample_points(boxes, output_size, output_size, ratio)
@@ -226,20 +210,8 @@ class RotatedBoxes(BoxCodec):
         iou = rotated_box_iou(boxes, gt)
         return iou, iou
 
-    def centre_prior(self, boxes: Tensor, gt: Tensor, radius: float) -> tuple[Tensor, Tensor]:
-        return rotated_centre_prior(boxes, gt, radius)
-
-    def select(
-        self,
-        scores,
-        labels,
-        boxes,
-        scale,
-        num_classes,
-        nms_threshold,
-        max_detections,
-        score_threshold,
-    ) -> list[dict[str, Tensor]]:
+    def select(self, candidates, scale: Tensor, cfg: DetectionConfig) -> list[dict[str, Tensor]]:
+        # no class offset needed: rotated NMS keeps the classes apart by its group index
         return select_rotated_detections(
-            scores, labels, boxes, scale[:, :2], nms_threshold, max_detections, score_threshold
+            *candidates, scale[:, :2], cfg.nms_threshold, cfg.max_detections, cfg.score_threshold
         )

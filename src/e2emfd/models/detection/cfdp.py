@@ -280,12 +280,4 @@ class CFDPHead(nn.Module):
 
     def select(self, candidates: Candidates, scale: Tensor) -> list[dict[str, Tensor]]:
         """NMS and the per-image detections of :meth:`candidates`' output."""
-        cfg = self.cfg
-        return self.codec.select(
-            *candidates,
-            scale,
-            self.num_classes,
-            nms_threshold=cfg.nms_threshold,
-            max_detections=cfg.max_detections,
-            score_threshold=cfg.score_threshold,
-        )
+        return self.codec.select(candidates, scale, self.cfg)
