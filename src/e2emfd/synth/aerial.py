@@ -72,7 +72,8 @@ from e2emfd.synth.aerial_scene import (
     AerialScene,
     render_aerial_scene,
 )
-from e2emfd.synth.street import _image_ids, _png, is_test_index
+from e2emfd.synth.output import image_ids, prepare_out
+from e2emfd.synth.street import _png, is_test_index
 
 __all__ = [
     "CLASSES",
@@ -121,39 +122,11 @@ def label_xml(
     return "\n".join([*lines, "</annotation>"]) + "\n"
 
 
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Write only into a new or empty folder, or (with ``overwrite``) over a dataset this
-    generator wrote, whose files are deleted first; nothing else is ever deleted."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in LAYOUT)
-    if foreign:
-        raise ValueError(
-            f"{out}: folder is not empty and holds files that are not a synthetic dataset "
-            f"({', '.join(foreign[:3])}); choose an empty or new folder"
-        )
-    if not overwrite:
-        raise ValueError(f"{out}: folder already holds a dataset; pass --overwrite to replace it")
-    try:
-        meta = json.loads((out / "meta.json").read_text())
-        generator = meta.get("generator")
-    except (OSError, ValueError, AttributeError):
-        generator = None
-    if generator != GENERATOR:
-        raise ValueError(
-            f"{out}: not written by {GENERATOR} (no valid meta.json); refusing to overwrite"
-        )
-    for path in _written_files(out, meta):
-        path.unlink(missing_ok=True)
-
-
 def _written_files(out: Path, meta: dict) -> list[Path]:
     """The files :func:`generate_aerial_dataset` wrote for the dataset ``meta`` describes
     (an image is looked for under both splits); other files are not among them."""
     files = [out / "meta.json"]
-    for image_id in _image_ids(meta):
+    for image_id in image_ids(meta):
         for split in ("train", "test"):
             for mod in ("rgb", "ir"):
                 files.append(out / split / mod / "images" / f"{image_id}.png")
@@ -204,7 +177,7 @@ def generate_aerial_dataset(
         raise ValueError(f"border must be >= 0, got {border}")
     if labels not in ("union", "modality"):
         raise ValueError(f"labels must be 'union' or 'modality', got {labels!r}")
-    _prepare_out(out, overwrite)
+    prepare_out(out, overwrite, GENERATOR, LAYOUT, _written_files)
     for split in ("train", "test"):
         for folder in ("rgb/images", "rgb/labels", "ir/images", "ir/labels"):
             (out / split / folder).mkdir(parents=True, exist_ok=True)

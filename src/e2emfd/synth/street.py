@@ -78,6 +78,7 @@ from xml.sax.saxutils import escape
 import cv2
 import numpy as np
 
+from e2emfd.synth.output import image_ids, prepare_out
 from e2emfd.synth.shapes import CLASSES
 from e2emfd.synth.street_scene import (
     CONDITIONS,
@@ -180,50 +181,13 @@ def _written_files(out: Path, meta: dict) -> list[Path]:
     files in its folders (notes, the split files of ``e2emfd split``) are not among them."""
     files = [out / "meta.json"]
     files += [out / "ImageSets" / "Main" / f"{split}.txt" for split in ("train", "test")]
-    for image_id in _image_ids(meta):
+    for image_id in image_ids(meta):
         files += [
             out / "Vis" / f"{image_id}.png",
             out / "Ir" / f"{image_id}.png",
             out / "Annotations" / f"{image_id}.xml",
         ]
     return files
-
-
-def _image_ids(meta: dict) -> list[str]:
-    """The image ids a meta.json lists; an id that is not a plain file name (a hand-edited
-    file) is skipped, so that nothing outside the dataset's folders can be deleted."""
-    entries = meta.get("images", [])
-    ids = [str(e.get("id", "")) for e in entries if isinstance(e, dict)]
-    return [i for i in ids if i and Path(i).name == i]
-
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Refuse to write into a folder holding anything but a previous synthetic dataset;
-    with ``overwrite``, delete the files of such a dataset first (nothing else is ever
-    deleted)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a folder")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    foreign = sorted(p.name for p in out.iterdir() if p.name not in LAYOUT)
-    if foreign:
-        raise ValueError(
-            f"{out}: folder is not empty and holds files that are not a synthetic dataset "
-            f"({', '.join(foreign[:3])}); choose an empty or new folder"
-        )
-    if not overwrite:
-        raise ValueError(f"{out}: folder already holds a dataset; pass --overwrite to replace it")
-    try:
-        meta = json.loads((out / "meta.json").read_text())
-        generator = meta.get("generator")
-    except (OSError, ValueError, AttributeError):
-        generator = None
-    if generator != GENERATOR:
-        raise ValueError(
-            f"{out}: not written by {GENERATOR} (no valid meta.json); refusing to overwrite"
-        )
-    for path in _written_files(out, meta):
-        path.unlink(missing_ok=True)
 
 
 def generate_dataset(
@@ -250,7 +214,7 @@ def generate_dataset(
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if width < 64 or height < 64:
         raise ValueError(f"image size {width}x{height} is too small (min 64x64)")
-    _prepare_out(out, overwrite)
+    prepare_out(out, overwrite, GENERATOR, LAYOUT, _written_files)
     dirs = {name: out / name for name in ("Vis", "Ir", "Annotations")}
     for d in [*dirs.values(), out / "ImageSets" / "Main"]:
         d.mkdir(parents=True, exist_ok=True)
