@@ -1,4 +1,5 @@
-"""``e2emfd detect``: detections for folders of pairs, as COCO results JSON and drawings."""
+"""``e2emfd detect``: detections for folders or videos of pairs, as COCO results JSON and
+drawings."""
 
 from __future__ import annotations
 
@@ -14,6 +15,16 @@ Writes to --out:
   drawn/<stem>.png  the fused image (or the visible one, for a detection-only model)
                     with boxes and class names above --draw-threshold
 Boxes are in the files' pixel coordinates. Pairs of one size are batched together.
+
+--vi and --ir may also be two videos (any format OpenCV reads): frames are paired by index
+up to the end of the shorter video (a warning says if the lengths differ); images.json
+gives each frame's index ("frame"), drawn/NNNNNN.png is frame NNNNNN, and the drawings are
+also written as --out/detections.mp4. With --cuda-graph, all frames (of one size) replay
+one CUDA graph: the last, smaller batch is filled up with copies of its last frame.
+
+Example:
+  e2emfd detect --weights ckpt.pt --vi drive_rgb.mp4 --ir drive_thermal.mp4 --out drive/ \
+      --cuda-graph
 """
 
 
@@ -27,8 +38,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--weights", required=True, help="checkpoint of a model with a detection head"
     )
-    parser.add_argument("--vi", required=True, help="folder of visible images")
-    parser.add_argument("--ir", required=True, help="folder of infrared images")
+    parser.add_argument("--vi", required=True, help="folder of visible images, or a video")
+    parser.add_argument("--ir", required=True, help="folder of infrared images, or a video")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument(
@@ -41,14 +52,16 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--cuda-graph",
         action="store_true",
-        help="on CUDA, replay each batch shape from a CUDA graph (captured at its first "
-        "batch; worth it for many same-size frames, e.g. a video's; ignored on CPU)",
+        help="on CUDA, replay each image size from a CUDA graph (captured at its first "
+        "batch; a last, smaller batch is filled up so it replays the same graph; worth it "
+        "for many same-size frames, e.g. a video's; on CPU the same batches run eagerly)",
     )
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import json
     from pathlib import Path
 
@@ -56,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from e2emfd.cli.paths import output_folder
-    from e2emfd.data import PairDataset, Resize, write_png
+    from e2emfd.data import Resize, write_png
+    from e2emfd.data.video import VideoWriter, pair_source
     from e2emfd.engine.checkpoint import load_model_for_inference
     from e2emfd.engine.evaluate import boxes_to_original
     from e2emfd.engine.graphed import GraphedInference
@@ -72,18 +86,22 @@ def run(args: argparse.Namespace) -> int:
     classes = list(cfg.data.classes)
     # the resolution it was trained at
     resize = Resize(cfg.data.short_side, cfg.data.max_size, codec=model.box_codec)
-    dataset = PairDataset.from_folders(
-        vis_dir=str(Path(args.vi).resolve()), ir_dir=str(Path(args.ir).resolve()), transform=resize
-    )
+    source, total, video = pair_source(args.vi, args.ir, transform=resize)
     (out_dir / "drawn").mkdir(parents=True, exist_ok=True)
+    drawing = video and not args.no_draw
+    writer = VideoWriter(out_dir / "detections.mp4", video.fps) if drawing else None
     images, results = [], []
     pending: dict[tuple[int, int], list[dict]] = {}
     # one runner per batch shape: both heads on one backbone pass, a CUDA graph if asked
     runners: dict[tuple[int, ...], GraphedInference] = {}
 
     def flush(samples: list[dict]) -> None:
-        vis = torch.stack([s["vis"] for s in samples]).to(device)
-        ir = torch.stack([s["ir"] for s in samples]).to(device)
+        # A graph replays one batch size: a smaller batch is filled up to it, and the
+        # copies' results are dropped (zip below stops at the real samples).
+        filler = args.batch_size - len(samples) if args.cuda_graph else 0
+        batch = samples + samples[-1:] * filler
+        vis = torch.stack([s["vis"] for s in batch]).to(device)
+        ir = torch.stack([s["ir"] for s in batch]).to(device)
         shape = (vis.shape[0], *vis.shape[-2:])
         if shape not in runners:
             runners[shape] = GraphedInference(
@@ -102,14 +120,10 @@ def run(args: argparse.Namespace) -> int:
             det["boxes"] = boxes_to_original(det["boxes"], sample["scale"], model.box_codec)
             image_id = len(images) + 1
             h, w = sample["orig_size"].tolist()
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": Path(sample["vis_path"]).name,
-                    "width": w,
-                    "height": h,
-                }
-            )
+            entry = {"id": image_id, "file_name": Path(sample["vis_path"]).name}
+            if "frame" in sample:
+                entry["frame"] = sample["frame"]
+            images.append({**entry, "width": w, "height": h})
             if model.box_codec.kind == "obb":
                 results.extend(rotated_results(det, image_id))
             else:
@@ -128,24 +142,29 @@ def run(args: argparse.Namespace) -> int:
                     thickness=max(1, round(min(h, w) / 400)),
                 )
                 write_png(out_dir / "drawn" / f"{sample['image_id']}.png", drawn)
+                if writer is not None:
+                    writer.write(drawn)
             bar.update(1)
 
-    bar = tqdm(total=len(dataset), desc="detecting", unit="pair", disable=args.no_progress)
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        key = tuple(sample["vis"].shape[-2:])
-        pending.setdefault(key, []).append(sample)
-        if len(pending[key]) == args.batch_size:
-            flush(pending.pop(key))
-    for samples in pending.values():
-        flush(samples)
+    bar = tqdm(total=total, desc="detecting", unit="pair", disable=args.no_progress)
+    with writer or contextlib.nullcontext():
+        for sample in source:
+            key = tuple(sample["vis"].shape[-2:])
+            pending.setdefault(key, []).append(sample)
+            if len(pending[key]) == args.batch_size:
+                flush(pending.pop(key))
+        for batch in pending.values():
+            flush(batch)
     bar.close()
     categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
     (out_dir / "detections.json").write_text(json.dumps(results))
     (out_dir / "images.json").write_text(
         json.dumps({"images": images, "categories": categories}, indent=1)
     )
-    print(f"{len(results)} detections on {len(images)} pairs -> {out_dir / 'detections.json'}")
+    also = f" and {writer.path}" if writer is not None else ""
+    print(
+        f"{len(results)} detections on {len(images)} pairs -> {out_dir / 'detections.json'}{also}"
+    )
     return 0
 
 

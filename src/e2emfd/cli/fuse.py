@@ -1,9 +1,10 @@
-"""``e2emfd fuse``: fuse folders of infrared-visible pairs with a trained model or a
-classical baseline, one 8-bit PNG per pair."""
+"""``e2emfd fuse``: fuse folders or videos of infrared-visible pairs with a trained model
+or a classical baseline, one 8-bit PNG per pair (and a video for videos)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 DESCRIPTION = """\
 Fuse every pair of --vi and --ir (paired by file stem) and write one 8-bit PNG per pair,
@@ -11,9 +12,14 @@ with the same stem, to --out. Any image size works (padded to a multiple of 32 i
 network and cropped back). Either --weights CKPT (a trained model's checkpoint) or
 --method average|max|laplacian (classical baselines, no model needed).
 
+--vi and --ir may also be two videos (any format OpenCV reads): frames are paired by index
+up to the end of the shorter video (a warning says if the lengths differ) and written as
+--out/NNNNNN.png (the frame index) and --out/fused.mp4.
+
 Examples:
   e2emfd fuse --weights runs/x/checkpoint_last.pt --vi data/tno/vi --ir data/tno/ir --out fused/
   e2emfd fuse --method laplacian --vi data/tno/vi --ir data/tno/ir --out fused_lap/
+  e2emfd fuse --weights ckpt.pt --vi drive_rgb.mp4 --ir drive_thermal.mp4 --out drive/
 """
 
 
@@ -29,8 +35,8 @@ def register(subparsers) -> None:
     source.add_argument(
         "--method", choices=["average", "max", "laplacian"], help="classical baseline"
     )
-    parser.add_argument("--vi", required=True, help="folder of visible images")
-    parser.add_argument("--ir", required=True, help="folder of infrared images")
+    parser.add_argument("--vi", required=True, help="folder of visible images, or a video")
+    parser.add_argument("--ir", required=True, help="folder of infrared images, or a video")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument(
         "--color",
@@ -50,13 +56,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from tqdm import tqdm
 
     from e2emfd.cli.main import CommandError
     from e2emfd.cli.paths import output_folder
-    from e2emfd.data import PairDataset, write_png
+    from e2emfd.data import write_png
+    from e2emfd.data.video import VideoWriter, pair_source
     from e2emfd.engine.runtime import resolve_device
     from e2emfd.models.baselines import fuse_baseline
 
@@ -64,9 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--batch-size must be positive, got {args.batch_size}")
     out_dir = output_folder(args.out)
     device = resolve_device(args.device, setting="--device")
-    dataset = PairDataset.from_folders(
-        vis_dir=str(Path(args.vi).resolve()), ir_dir=str(Path(args.ir).resolve())
-    )
+    source, total, video = pair_source(args.vi, args.ir)
     if args.weights:
         from e2emfd.engine.checkpoint import load_model_for_inference
 
@@ -84,33 +87,40 @@ def run(args: argparse.Namespace) -> int:
             return fuse_baseline(vis, ir, args.method, color)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A video's frames share one size, so they stay in order through the batches.
+    writer = VideoWriter(out_dir / "fused.mp4", video.fps) if video else contextlib.nullcontext()
+    written = 0
+    bar = tqdm(total=total, desc="fusing", unit="pair", disable=args.no_progress)
+
+    def save(sample: dict, image) -> None:
+        nonlocal written
+        array = image.permute(1, 2, 0).numpy()
+        array = array[:, :, 0] if array.shape[2] == 1 else array
+        write_png(out_dir / f"{sample['image_id']}.png", array)
+        if video:
+            writer.write(array)
+        written += 1
+        bar.update(1)
+
     # Batch pairs of the same size together; sizes vary within TNO and RoadScene.
-    groups: dict[tuple[int, int], list[int]] = {}
-    samples = {}
-    bar = tqdm(total=len(dataset), desc="fusing", unit="pair", disable=args.no_progress)
-    for index in range(len(dataset)):
-        sample = dataset[index]
-        size = tuple(sample["vis"].shape[-2:])
-        samples[index] = sample
-        groups.setdefault(size, []).append(index)
-        if len(groups[size]) == args.batch_size:
-            _flush(groups.pop(size), samples, fuse, out_dir, device, write_png, bar)
-    for indices in groups.values():
-        _flush(indices, samples, fuse, out_dir, device, write_png, bar)
+    groups: dict[tuple[int, int], list[dict]] = {}
+    with writer:
+        for sample in source:
+            size = tuple(sample["vis"].shape[-2:])
+            groups.setdefault(size, []).append(sample)
+            if len(groups[size]) == args.batch_size:
+                _flush(groups.pop(size), fuse, device, save)
+        for batch in groups.values():
+            _flush(batch, fuse, device, save)
     bar.close()
-    print(f"wrote {len(dataset)} fused images to {out_dir}")
+    also = f" and {writer.path}" if video else ""
+    print(f"wrote {written} fused images to {out_dir}{also}")
     return 0
 
 
-def _flush(indices, samples, fuse, out_dir, device, write_png, bar) -> None:
-    batch = [samples.pop(i) for i in indices]
-    fused = _fuse_batch(batch, fuse, device)
-    for sample, image in zip(batch, fused):
-        array = image.permute(1, 2, 0).numpy()
-        write_png(
-            out_dir / f"{sample['image_id']}.png", array[:, :, 0] if array.shape[2] == 1 else array
-        )
-        bar.update(1)
+def _flush(batch: list[dict], fuse, device, save) -> None:
+    for sample, image in zip(batch, _fuse_batch(batch, fuse, device)):
+        save(sample, image)
 
 
 def _fuse_batch(batch: list[dict], fuse, device):

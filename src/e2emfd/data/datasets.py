@@ -113,6 +113,37 @@ def find_split_file(root: Path, split: str) -> Path | None:
     )
 
 
+def make_sample(
+    vis: np.ndarray,
+    ir: np.ndarray,
+    image_id: str,
+    vis_path: str | Path,
+    ir_path: str | Path,
+    targets: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    label_path: str | Path | None = None,
+) -> dict:
+    """A sample dict (see the module docstring) from a pair as :func:`read_image` returns
+    it, (H, W, 3) and (H, W); ``targets`` = (boxes, labels, difficult), default none."""
+    if targets is None:
+        targets = (np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool))
+    boxes, labels, difficult = targets
+    height, width = vis.shape[:2]
+    return {
+        "vis": torch.from_numpy(np.ascontiguousarray(vis.transpose(2, 0, 1))),
+        "ir": torch.from_numpy(ir[None].copy()),
+        "boxes": torch.from_numpy(boxes),
+        "labels": torch.from_numpy(labels),
+        "difficult": torch.from_numpy(difficult),
+        "image_id": image_id,
+        "vis_path": str(vis_path),
+        "ir_path": str(ir_path),
+        "label_path": str(label_path) if label_path else None,
+        "orig_size": torch.tensor([height, width]),
+        "scale": torch.ones(2),
+        "seed": None,
+    }
+
+
 class PairDataset(Dataset):
     """Registered pairs, with or without labels. Build it with :func:`build_dataset` or the
     ``from_*`` constructors; ``transform`` maps a sample dict to a sample dict."""
@@ -201,20 +232,16 @@ class PairDataset(Dataset):
         vis, ir = self.load_pair(record)
         height, width = vis.shape[:2]
         boxes, labels, difficult = self.load_boxes(record, height, width)
-        sample = {
-            "vis": torch.from_numpy(np.ascontiguousarray(vis.transpose(2, 0, 1))),
-            "ir": torch.from_numpy(ir[None].copy()),
-            "boxes": torch.from_numpy(boxes),
-            "labels": torch.from_numpy(labels),
-            "difficult": torch.from_numpy(difficult),
-            "image_id": record.image_id,
-            "vis_path": str(record.vis_path),
-            "ir_path": str(record.ir_path),
-            "label_path": str(record.label_path) if record.label_path else None,
-            "orig_size": torch.tensor([height, width]),
-            "scale": torch.ones(2),
-            "seed": seed,
-        }
+        sample = make_sample(
+            vis,
+            ir,
+            record.image_id,
+            record.vis_path,
+            record.ir_path,
+            (boxes, labels, difficult),
+            record.label_path,
+        )
+        sample["seed"] = seed
         if self.transform is None:
             return sample
         generator = torch.Generator().manual_seed(seed) if seed is not None else None

@@ -70,7 +70,7 @@ def decode_image(path: str | Path) -> np.ndarray:
     return image
 
 
-def _to_unit_float(image: np.ndarray, path: Path) -> np.ndarray:
+def _to_unit_float(image: np.ndarray, path: str | Path) -> np.ndarray:
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     if image.dtype == np.uint16:
@@ -89,13 +89,19 @@ def read_image(path: str | Path, channels: int) -> np.ndarray:
     """Read an image as float32 in [0, 1], shape (H, W, 3) RGB if ``channels == 3`` or
     (H, W) greyscale if ``channels == 1``, whatever the file stores."""
     path = Path(path)
-    image = _to_unit_float(decode_image(path), path)
+    return convert_image(decode_image(path), channels, path)
+
+
+def convert_image(image: np.ndarray, channels: int, source: str | Path) -> np.ndarray:
+    """A decoded image (as :func:`decode_image` or a video decoder gives it: BGR(A) or
+    grey, any depth) as :func:`read_image` returns it; ``source`` names it in errors."""
+    image = _to_unit_float(image, source)
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 3 and image.shape[2] != 3:
-        raise ImageReadError(f"{path}: unsupported channel count {image.shape[2]}")
+        raise ImageReadError(f"{source}: unsupported channel count {image.shape[2]}")
     if channels == 1:
         if image.ndim == 3:
             image = image @ _GREY_WEIGHTS_BGR
