@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from e2emfd.boxes import box_codec
+from e2emfd.config import DetectionConfig
 from e2emfd.losses.detection import SetCriterion
 
 HBB = box_codec("hbb")
@@ -83,7 +84,7 @@ def _reference(logits, boxes, targets, whwh, pairs, w=(2.0, 5.0, 2.0)):
 
 def test_stage_loss_matches_hand_formulas():
     logits, boxes, targets, whwh, pairs = _batch()
-    crit = SetCriterion(FixedMatcher(pairs), HBB)
+    crit = SetCriterion(FixedMatcher(pairs), HBB, DetectionConfig())
     got = crit([logits], [boxes], targets, whwh)
     ref = _reference(logits, boxes, targets, whwh, pairs)
     assert set(got) == {"loss_cls", "loss_l1", "loss_giou"}
@@ -94,7 +95,11 @@ def test_stage_loss_matches_hand_formulas():
 def test_losses_sum_over_stages_each_with_its_own_matching():
     logits, boxes, targets, whwh, pairs = _batch()
     other = [([2], [1]), ([], [])]  # stage 2 matches differently (image 1: nothing)
-    crit = SetCriterion(FixedMatcher(pairs + other), HBB, 1.0, 3.0, 0.5)
+    crit = SetCriterion(
+        FixedMatcher(pairs + other),
+        HBB,
+        DetectionConfig(loss_class=1.0, loss_l1=3.0, loss_giou=0.5),
+    )
     got = crit([logits, logits * 0.5], [boxes, boxes + 1], targets, whwh)
     r1 = _reference(logits, boxes, targets, whwh, pairs, (1.0, 3.0, 0.5))
     r2 = _reference(logits * 0.5, boxes + 1, targets, whwh, other, (1.0, 3.0, 0.5))
@@ -110,13 +115,17 @@ def test_images_without_objects():
 
     # one empty image next to a normal one: only its negative classification term
     pairs = [([0, 1], [0, 1]), ([], [])]
-    got = SetCriterion(FixedMatcher(pairs), HBB)([logits], [boxes], [targets[0], empty], whwh)
+    got = SetCriterion(FixedMatcher(pairs), HBB, DetectionConfig())(
+        [logits], [boxes], [targets[0], empty], whwh
+    )
     ref = _reference(logits.detach(), boxes.detach(), [targets[0], empty], whwh, pairs)
     for key in ref:
         assert got[key].item() == pytest.approx(ref[key], rel=1e-5), key
 
     # a batch without any object: negatives only, normalised by 1, gradients still flow
-    got = SetCriterion(FixedMatcher([([], [])]), HBB)([logits], [boxes], [empty, empty], whwh)
+    got = SetCriterion(FixedMatcher([([], [])]), HBB, DetectionConfig())(
+        [logits], [boxes], [empty, empty], whwh
+    )
     neg = sum(_focal_ref(v, False) for v in logits.detach().flatten().tolist())
     assert got["loss_cls"].item() == pytest.approx(2.0 * neg, rel=1e-5)
     assert got["loss_l1"].item() == 0.0 and got["loss_giou"].item() == 0.0
@@ -133,5 +142,7 @@ def test_the_matcher_sees_detached_predictions():
         seen.append((lg.requires_grad, bx.requires_grad))
         return fixed(lg, bx, gb, gl, wh)
 
-    SetCriterion(matcher, HBB)([logits.requires_grad_()], [boxes.requires_grad_()], targets, whwh)
+    SetCriterion(matcher, HBB, DetectionConfig())(
+        [logits.requires_grad_()], [boxes.requires_grad_()], targets, whwh
+    )
     assert seen == [(False, False), (False, False)]

@@ -7,6 +7,7 @@ import torch
 
 from e2emfd.boxes import box_codec
 from e2emfd.boxes.axis_aligned import centre_prior
+from e2emfd.config import DetectionConfig
 from e2emfd.models.detection.matcher import (
     DynamicKMatcher,
     dynamic_k_assign,
@@ -60,7 +61,9 @@ def test_cost_matches_hand_computation_and_prefers_the_right_proposal():
         ]
     )
     probs = [[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.8, 0.05, 0.1], [0.1, 0.8, 0.1]]
-    matcher = DynamicKMatcher(HBB, cost_class=2.0, cost_l1=5.0, cost_giou=2.0, ota_k=5)
+    matcher = DynamicKMatcher(
+        HBB, DetectionConfig(loss_class=2.0, loss_l1=5.0, loss_giou=2.0, ota_k=5)
+    )
     cost, iou = matcher.cost_matrix(_logits(probs), boxes, gt, labels, WHWH)
 
     a, g = 0.25, 2.0
@@ -103,7 +106,7 @@ def test_dynamic_k_grows_with_iou_mass():
     loose = [[120.0, 20.0, 145.0, 60.0]]
     boxes = torch.tensor(near + loose)
     logits = torch.zeros(len(boxes), 2)
-    matcher = DynamicKMatcher(HBB, ota_k=5)
+    matcher = DynamicKMatcher(HBB, DetectionConfig(ota_k=5))
     _, iou = matcher.cost_matrix(logits, boxes, gt, labels, WHWH)
     p_idx, g_idx = matcher(logits, boxes, gt, labels, WHWH)
 
@@ -127,7 +130,7 @@ def test_dynamic_k_assign_hand_matrix_conflict_and_refill():
 
 def test_each_gt_gets_a_proposal_and_no_proposal_twice():
     gen = torch.Generator().manual_seed(0)
-    matcher = DynamicKMatcher(HBB, ota_k=5)
+    matcher = DynamicKMatcher(HBB, DetectionConfig(ota_k=5))
     for g, n in [(1, 5), (3, 4), (5, 20), (8, 8), (12, 50)]:
         for _ in range(5):
             xy = torch.rand(g, 2, generator=gen) * 150
@@ -144,7 +147,7 @@ def test_each_gt_gets_a_proposal_and_no_proposal_twice():
 def test_more_gt_than_proposals_does_not_hang():
     gt = torch.tensor([[10.0 * i, 10.0, 10.0 * i + 8, 18.0] for i in range(6)])
     boxes = gt[:3] + 1.0
-    p_idx, g_idx = DynamicKMatcher(HBB)(
+    p_idx, g_idx = DynamicKMatcher(HBB, DetectionConfig())(
         torch.zeros(3, 2), boxes, gt, torch.zeros(6, dtype=torch.long), WHWH
     )
     assert len(set(p_idx.tolist())) == len(p_idx) == 3
@@ -152,7 +155,7 @@ def test_more_gt_than_proposals_does_not_hang():
 
 
 def test_no_gt_image():
-    p_idx, g_idx = DynamicKMatcher(HBB)(
+    p_idx, g_idx = DynamicKMatcher(HBB, DetectionConfig())(
         torch.randn(7, 3),
         torch.tensor([[0.0, 0.0, 10.0, 10.0]]).repeat(7, 1),
         torch.zeros(0, 4),

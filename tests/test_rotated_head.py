@@ -237,7 +237,9 @@ def test_matcher_pairs_each_gt_with_the_proposal_on_it():
     )
     logits = torch.zeros(4, 3)
     scale = image_scale(torch.tensor([[100, 120]]))[0]
-    p, g = DynamicKMatcher(OBB, ota_k=1)(logits, proposals, gt, torch.tensor([0, 1]), scale)
+    p, g = DynamicKMatcher(OBB, DetectionConfig(boxes="obb", ota_k=1))(
+        logits, proposals, gt, torch.tensor([0, 1]), scale
+    )
     assert dict(zip(p.tolist(), g.tolist())) == {0: 1, 1: 0}
 
 

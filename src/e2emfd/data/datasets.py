@@ -322,15 +322,23 @@ class PairDataset(Dataset):
             else:
                 ann = parse_yolo_txt(label_path, len(classes))
             records.append(PairRecord(stem, v, i, label_path, ann))
-        if missing:
-            warnings.warn(
-                f"{labels_dir}: {len(missing)} pair(s) without a label file skipped "
-                f"(e.g. {missing[0]}); set data.unlabelled=empty to keep them",
-                stacklevel=2,
-            )
-        if not records:
-            raise ValueError(f"{root}: no labelled pairs found")
+        check_records(records, missing, labels_dir, f"{root}: no labelled pairs found")
         return cls(records, classes, **kwargs)
+
+
+def check_records(
+    records: list[PairRecord], missing: list[str], label_dir: Path, none_found: str
+) -> None:
+    """Warn about pairs skipped for lack of a label file (naming the folder and one of
+    them), and refuse a dataset left with no pair (``none_found``: the message)."""
+    if missing:
+        warnings.warn(
+            f"{label_dir}: {len(missing)} pair(s) without a label file skipped "
+            f"(e.g. {missing[0]}); set data.unlabelled=empty to keep them",
+            stacklevel=3,
+        )
+    if not records:
+        raise ValueError(none_found)
 
 
 def _select(pairs: dict, root: Path, split: str) -> dict:

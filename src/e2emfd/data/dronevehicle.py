@@ -37,7 +37,6 @@ inside (a warning names the file once).
 from __future__ import annotations
 
 import re
-import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from e2emfd.data.datasets import PairDataset, PairRecord, pair_images
-from e2emfd.data.labels import Annotation
+from e2emfd.data.datasets import PairDataset, PairRecord, check_records, pair_images
+from e2emfd.data.labels import Annotation, read_annotation_xml
 from e2emfd.ops.rotated import (
     clip_convex_polygons,
     min_area_rect,
@@ -116,14 +115,7 @@ def parse_dronevehicle_xml(
     (N, 8) float32 quadrilaterals ``x1 y1 ... x4 y4`` in the file's pixels."""
     path = Path(path)
     lookup = _ClassLookup(classes, unknown_class)
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise ValueError(f"{path}: malformed XML ({exc})") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read label file ({exc.strerror})") from None
-    if root.tag != "annotation":
-        raise ValueError(f"{path}: not a DroneVehicle annotation (root element <{root.tag}>)")
+    root = read_annotation_xml(path, "a DroneVehicle")
     polys, labels, difficult, skipped = [], [], [], []
     for n, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
@@ -338,14 +330,9 @@ class DroneVehicleDataset(PairDataset):
                 continue
             ann = parse_label_file(label_path, **parse_kw)
             records.append(PairRecord(stem, vis, ir, label_path, ann))
-        if missing:
-            warnings.warn(
-                f"{label_dir}: {len(missing)} pair(s) without a label file skipped "
-                f"(e.g. {missing[0]}); set data.unlabelled=empty to keep them",
-                stacklevel=2,
-            )
-        if not records:
-            raise ValueError(f"{root}: no labelled pairs found for split '{split}'")
+        check_records(
+            records, missing, label_dir, f"{root}: no labelled pairs found for split '{split}'"
+        )
         return cls(records, classes, **kwargs)
 
 

@@ -34,6 +34,21 @@ def _empty(normalised: bool = False) -> Annotation:
     )
 
 
+def read_annotation_xml(path: Path, what: str) -> ET.Element:
+    """The root ``<annotation>`` element of a label file (VOC and DroneVehicle XML alike);
+    an unreadable, malformed or foreign file is an error naming it (``what``: the format,
+    for the message)."""
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise ValueError(f"{path}: malformed XML ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read label file ({exc.strerror})") from None
+    if root.tag != "annotation":
+        raise ValueError(f"{path}: not {what} annotation (root element <{root.tag}>)")
+    return root
+
+
 def parse_voc_xml(path: str | Path, classes: list[str], unknown_class: str = "error") -> Annotation:
     """Read a Pascal VOC XML file: one ``<object>`` per box with ``<name>`` and ``<bndbox>``.
 
@@ -42,14 +57,7 @@ def parse_voc_xml(path: str | Path, classes: list[str], unknown_class: str = "er
     the object and records its name in ``Annotation.skipped``.
     """
     path = Path(path)
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise ValueError(f"{path}: malformed XML ({exc})") from None
-    except OSError as exc:
-        raise ValueError(f"{path}: cannot read label file ({exc.strerror})") from None
-    if root.tag != "annotation":
-        raise ValueError(f"{path}: not a Pascal VOC annotation (root element <{root.tag}>)")
+    root = read_annotation_xml(path, "a Pascal VOC")
     lookup = {name: i for i, name in enumerate(classes)}
     lookup_lower = {name.lower(): i for i, name in enumerate(classes)}
     boxes, labels, difficult, skipped = [], [], [], []

@@ -33,6 +33,7 @@ from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
 
 from e2emfd.boxes import BoxCodec
 from e2emfd.boxes.rotated import angle_cost
+from e2emfd.config import DetectionConfig
 from e2emfd.ops.rotated import paired_rotated_giou
 
 # (logits (N, C), boxes (N, dim), gt_boxes (G, dim), gt_labels (G,), scale (4,))
@@ -106,39 +107,28 @@ BOX_LOSSES = {"hbb": AxisAlignedBoxLoss(), "obb": RotatedBoxLoss()}
 
 
 class SetCriterion:
-    """Weighted detection loss of one or several (deep supervision) stages.
-
-    ``shape_loss`` names the shape term (``"giou"``; rotated boxes also ``"kld"``); its
-    loss is reported as ``loss_<shape_loss>`` and weighed by ``weight_shape``.
+    """Weighted detection loss of one or several (deep supervision) stages: focal
+    classification (``cfg.loss_class``, ``focal_alpha``, ``focal_gamma``), box L1
+    (``loss_l1``) and the shape term ``cfg.shape_loss`` (``"giou"``; rotated boxes also
+    ``"kld"``), reported as ``loss_<shape_loss>`` and weighed by ``loss_giou``.
     """
 
-    def __init__(
-        self,
-        matcher: Matcher,
-        codec: BoxCodec,
-        weight_class: float = 2.0,
-        weight_l1: float = 5.0,
-        weight_shape: float = 2.0,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        shape_loss: str = "giou",
-    ) -> None:
+    def __init__(self, matcher: Matcher, codec: BoxCodec, cfg: DetectionConfig) -> None:
         self.box_loss = BOX_LOSSES[codec.kind]
-        if shape_loss not in self.box_loss.shapes:
+        if cfg.shape_loss not in self.box_loss.shapes:
             raise ValueError(
-                f"model.detection.shape_loss={shape_loss!r} is not available for "
+                f"model.detection.shape_loss={cfg.shape_loss!r} is not available for "
                 f"{codec.kind} boxes; choose from {', '.join(self.box_loss.shapes)}"
             )
         self.matcher = matcher
         self.codec = codec
-        self.shape_loss = shape_loss
+        self.cfg = cfg
+        self.shape_key = f"loss_{cfg.shape_loss}"
         self.weights = {
-            "loss_cls": weight_class,
-            "loss_l1": weight_l1,
-            f"loss_{shape_loss}": weight_shape,
+            "loss_cls": cfg.loss_class,
+            "loss_l1": cfg.loss_l1,
+            self.shape_key: cfg.loss_giou,
         }
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
 
     def stage_loss(
         self, logits: Tensor, boxes: Tensor, targets: Sequence[dict[str, Tensor]], scale: Tensor
@@ -167,15 +157,15 @@ class SetCriterion:
         onehot = torch.zeros_like(logits)
         onehot[bi, pi, tgt_labels] = 1.0
         loss_cls = sigmoid_focal_loss(
-            logits, onehot, self.focal_alpha, self.focal_gamma, reduction="sum"
+            logits, onehot, self.cfg.focal_alpha, self.cfg.focal_gamma, reduction="sum"
         )
         src = boxes[bi, pi]  # (M, dim); empty when no image has objects: the sums are then 0
         loss_l1 = self.box_loss.l1(src, tgt_boxes, scale[bi])
-        loss_shape = self.box_loss.shape(self.shape_loss, src, tgt_boxes)
+        loss_shape = self.box_loss.shape(self.cfg.shape_loss, src, tgt_boxes)
         return {
             "loss_cls": loss_cls / num_gt,
             "loss_l1": loss_l1 / num_gt,
-            f"loss_{self.shape_loss}": loss_shape / num_gt,
+            self.shape_key: loss_shape / num_gt,
         }
 
     def __call__(

@@ -101,25 +101,7 @@ class CFDPHead(nn.Module):
             for _ in range(cfg.num_stages)
         )
         self.diffusion = BoxDiffusion(cfg.timesteps, eta=cfg.ddim_eta)
-        matcher = DynamicKMatcher(
-            self.codec,
-            cost_class=cfg.loss_class,
-            cost_l1=cfg.loss_l1,
-            cost_giou=cfg.loss_giou,
-            ota_k=cfg.ota_k,
-            focal_alpha=cfg.focal_alpha,
-            focal_gamma=cfg.focal_gamma,
-        )
-        self.criterion = SetCriterion(
-            matcher,
-            self.codec,
-            weight_class=cfg.loss_class,
-            weight_l1=cfg.loss_l1,
-            weight_shape=cfg.loss_giou,
-            focal_alpha=cfg.focal_alpha,
-            focal_gamma=cfg.focal_gamma,
-            shape_loss=cfg.shape_loss,
-        )
+        self.criterion = SetCriterion(DynamicKMatcher(self.codec, cfg), self.codec, cfg)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from e2emfd.boxes import BoxCodec
+from e2emfd.config import DetectionConfig
 
 
 def focal_class_cost(prob: Tensor, labels: Tensor, alpha: float, gamma: float) -> Tensor:
@@ -62,36 +63,24 @@ def dynamic_k_assign(cost: Tensor, iou: Tensor, ota_k: int) -> Tensor:
     return matching
 
 
-class DynamicKMatcher:
-    """Match one image's proposals to its ground truth (see the module docstring).
+# The centre prior of SimOTA as DiffusionDet uses it: a proposal whose centre is outside a
+# box or its centre region (radius x the box's size around its centre) costs this much more
+# for that box, and one near no box at all this much more for every box.
+CENTRE_RADIUS = 2.5
+OUTSIDE_PENALTY = 100.0
+BACKGROUND_PENALTY = 10000.0
 
-    The weights default to DiffusionDet's (the loss weights); all cost terms are computed
-    in float32 without gradients.
+
+class DynamicKMatcher:
+    """Match one image's proposals to its ground truth (see the module docstring), with the
+    box ``codec``'s geometry and the cost weights of ``cfg`` (the loss weights, as in
+    DiffusionDet: ``loss_class``, ``loss_l1``, ``loss_giou``; ``ota_k``, focal alpha and
+    gamma). All cost terms are computed in float32 without gradients.
     """
 
-    def __init__(
-        self,
-        codec: BoxCodec,
-        cost_class: float = 2.0,
-        cost_l1: float = 5.0,
-        cost_giou: float = 2.0,
-        ota_k: int = 5,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        centre_radius: float = 2.5,
-        outside_penalty: float = 100.0,
-        background_penalty: float = 10000.0,
-    ) -> None:
+    def __init__(self, codec: BoxCodec, cfg: DetectionConfig) -> None:
         self.codec = codec
-        self.cost_class = cost_class
-        self.cost_l1 = cost_l1
-        self.cost_giou = cost_giou
-        self.ota_k = ota_k
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
-        self.centre_radius = centre_radius
-        self.outside_penalty = outside_penalty
-        self.background_penalty = background_penalty
+        self.cfg = cfg
 
     @torch.no_grad()
     def cost_matrix(
@@ -101,18 +90,19 @@ class DynamicKMatcher:
         (4,) the image's box scale -> (cost (N, G), IoU (N, G)), both float32."""
         boxes, gt_boxes, scale = boxes.float(), gt_boxes.float(), scale.float()
         prob = logits.float().sigmoid()
-        cost_class = focal_class_cost(prob, gt_labels, self.focal_alpha, self.focal_gamma)
+        cfg = self.cfg
+        cost_class = focal_class_cost(prob, gt_labels, cfg.focal_alpha, cfg.focal_gamma)
         cost_l1 = self.codec.l1_cost(boxes, gt_boxes, scale)
         overlap, iou = self.codec.overlap_cost(boxes, gt_boxes)
-        in_box, in_centre = self.codec.centre_prior(boxes, gt_boxes, self.centre_radius)
+        in_box, in_centre = self.codec.centre_prior(boxes, gt_boxes, CENTRE_RADIUS)
         cost = (
-            self.cost_class * cost_class
-            + self.cost_l1 * cost_l1
-            - self.cost_giou * overlap
-            + self.outside_penalty * (~(in_box & in_centre)).float()
+            cfg.loss_class * cost_class
+            + cfg.loss_l1 * cost_l1
+            - cfg.loss_giou * overlap
+            + OUTSIDE_PENALTY * (~(in_box & in_centre)).float()
         )
         near_none = ~(in_box.any(1) | in_centre.any(1))
-        cost = cost + self.background_penalty * near_none[:, None].float()
+        cost = cost + BACKGROUND_PENALTY * near_none[:, None].float()
         return cost, iou
 
     @torch.no_grad()
@@ -126,7 +116,7 @@ class DynamicKMatcher:
             return empty, empty
         with torch.autocast(logits.device.type, enabled=False):
             cost, iou = self.cost_matrix(logits, boxes, gt_boxes, gt_labels, scale)
-            matching = dynamic_k_assign(cost, iou, self.ota_k)
+            matching = dynamic_k_assign(cost, iou, self.cfg.ota_k)
         proposal_idx = matching.any(1).nonzero().flatten()
         gt_idx = matching[proposal_idx].int().argmax(1)
         return proposal_idx, gt_idx

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from e2emfd.metrics.fusion.torch_engine.core import (
     LN2,
+    METRIC_NAMES,
     entropy_bits,
     entropy_from_counts,
     gaussian_taps,
@@ -158,18 +159,9 @@ def psnr(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return 20 * torch.log10(255.0 / torch.sqrt(mse(f, a, b)))
 
 
-METRICS = {
-    "EN": en,
-    "SD": sd,
-    "SF": sf,
-    "AG": ag,
-    "MI": mi,
-    "SCD": scd_metric,
-    "CC": cc,
-    "VIF": vif,
-    "Qabf": qabf_metric,
-    "Nabf": nabf_metric,
-    "SSIM": ssim_metric,
-    "PSNR": psnr,
-    "MSE": mse,
-}
+METRICS = dict(
+    zip(
+        METRIC_NAMES,
+        (en, sd, sf, ag, mi, scd_metric, cc, vif, qabf_metric, nabf_metric, ssim_metric, psnr, mse),
+    )
+)

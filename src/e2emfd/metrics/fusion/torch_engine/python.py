@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from e2emfd.metrics.fusion.torch_engine.core import (
+    METRIC_NAMES,
     entropy_bits,
     entropy_from_counts,
     filter2_valid_maps,
@@ -153,18 +154,9 @@ def psnr(f: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return 10 * torch.log10(peak * peak / mse_pair(f, a, b))
 
 
-METRICS = {
-    "EN": en,
-    "SD": sd,
-    "SF": sf,
-    "AG": ag,
-    "MI": mi,
-    "SCD": scd_metric,
-    "CC": cc,
-    "VIF": vif,
-    "Qabf": qabf_metric,
-    "Nabf": nabf_metric,
-    "SSIM": ssim_metric,
-    "PSNR": psnr,
-    "MSE": mse,
-}
+METRICS = dict(
+    zip(
+        METRIC_NAMES,
+        (en, sd, sf, ag, mi, scd_metric, cc, vif, qabf_metric, nabf_metric, ssim_metric, psnr, mse),
+    )
+)
