@@ -71,3 +71,24 @@ def test_fusion_metric_table_with_worker_processes(tmp_path):
         ("matlab", "2"),
     ]
     assert all(float(r[4]) > 0 for r in rows)
+
+
+def test_eval_fusion_command_against_the_evaluator(tmp_path):
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    tno = ROOT.parent / "shared" / "data" / "tno42"
+    if not tno.is_dir():
+        pytest.skip("shared/data/tno42 not available")
+    for sub in ("ir", "vi", "fused/U2Fusion"):
+        (tmp_path / sub).mkdir(parents=True)
+        for stem in ("05", "08"):  # the two smallest pairs
+            (tmp_path / sub / f"{stem}.png").write_bytes((tno / sub / f"{stem}.png").read_bytes())
+    out = _run(
+        "eval_fusion_command.py", "--data", str(tmp_path), "--workers", "2", "--repeats", "1"
+    )
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| e2emfd")]
+    assert [r[1].strip() for r in rows] == ["e2emfd eval-fusion --workers 2"]
+    assert float(rows[0][2]) > 0 and rows[0][5].strip().endswith("x")
+    # the evaluator and the command computed the same values
+    rel = float(out.split("largest relative difference command vs evaluator ")[1].split()[0])
+    assert rel < 1e-5

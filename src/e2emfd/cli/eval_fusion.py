@@ -55,13 +55,17 @@ def register(subparsers) -> None:
     parser.add_argument("--metrics", help="comma-separated metric names (default: all)")
     parser.add_argument("--out", help="write per-image values to a .json or .csv file")
     parser.add_argument(
-        "--batch-size", type=int, default=8, help="pairs per batch (same-size pairs only)"
+        "--batch-size",
+        type=int,
+        default=8,
+        help="pairs per batch on a GPU (same-size pairs only; the CPU takes one pair at a time)",
     )
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto")
     parser.add_argument(
         "--threads",
         type=int,
-        help="CPU threads for torch (default: torch's choice; 1 is best on a busy machine)",
+        help="torch threads of the evaluating process (default: 1 on the CPU, where one "
+        "pair's many small operations run best on one core; torch's choice on a GPU)",
     )
     parser.add_argument(
         "--workers",
@@ -177,6 +181,17 @@ def _evaluate_batch(batch, convention: str, names, device: str) -> dict[str, dic
     return {stem: {n: values[n][i].item() for n in names} for i, (stem, *_) in enumerate(batch)}
 
 
+def _evaluate_pair(pair, convention: str, names) -> tuple[str, dict[str, float]]:
+    """Metric values of one pair on the CPU, where the engine takes pairs one at a time
+    anyway (stacking a batch would only add copies)."""
+    from e2emfd.metrics.fusion import fusion_metrics, load_grey
+
+    stem, *paths = pair
+    fused, ir, vis = (load_grey(path, convention) for path in paths)
+    values = fusion_metrics(fused, ir, vis, convention=convention, metrics=names)
+    return stem, {n: values[n].item() for n in names}
+
+
 def _cpu_cores() -> int:
     """CPU cores this process may use (its affinity where the platform tells it)."""
     if hasattr(os, "sched_getaffinity"):
@@ -184,14 +199,16 @@ def _cpu_cores() -> int:
     return os.cpu_count() or 1
 
 
+_THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 @contextlib.contextmanager
 def single_threaded_children():
     """Processes spawned inside this block start their BLAS and OpenMP pools with one
     thread (they read these variables at import): one pool per core in every worker would
     only compete for the cores."""
-    limits = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {k: os.environ.get(k) for k in limits}
-    os.environ.update({k: "1" for k in limits})
+    saved = {k: os.environ.get(k) for k in _THREAD_LIMITS}
+    os.environ.update({k: "1" for k in _THREAD_LIMITS})
     try:
         yield
     finally:
@@ -202,56 +219,134 @@ def single_threaded_children():
                 os.environ[key] = value
 
 
-def _single_threaded_worker() -> None:
+@contextlib.contextmanager
+def single_threaded(torch_threads: int = 1):
+    """One BLAS, OpenMP and OpenCV thread in this process inside the block (and
+    ``torch_threads`` torch threads). The metrics of a pair are many small calls: more
+    threads only spin, and on a busy machine pools that spin against other jobs made the
+    command 25x slower (194 s instead of 7.8 s for 42 tno42 pairs, one process)."""
+    import cv2
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    saved = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(saved[0])
+        cv2.setNumThreads(saved[1])
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    """``threads`` torch threads inside the block (None: leave them)."""
     import torch
 
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _single_threaded_worker() -> None:
+    """:func:`single_threaded`, for a worker process's whole life."""
+    import cv2
+    import torch
+    from threadpoolctl import threadpool_limits
+
     torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    threadpool_limits(limits=1)
 
 
-def _evaluate(pairs, batches, convention, names, device, workers, progress_bar):
-    """Per-image metric values, in the order of ``pairs``; ``batches`` (from
-    :func:`_batches`) are computed in this process, or with ``workers`` > 1 by that many
-    single-threaded processes."""
+# What a worker runs: loaded once by the fork server (the metrics load torch lazily).
+_WORKER_MODULES = (
+    "cv2",
+    "threadpoolctl",
+    "torch",
+    "e2emfd.metrics.fusion.io",
+    "e2emfd.metrics.fusion.cpu_engine",
+    "e2emfd.metrics.fusion.torch_engine.matlab",
+    "e2emfd.metrics.fusion.torch_engine.python",
+)
+
+
+def _worker_context():
+    """The start method of the workers: processes forked from a fork server that has
+    imported the metrics once (a spawned worker spends one to two seconds importing torch
+    before its first pair), where the platform has one; spawned elsewhere. Not a fork of
+    this process: after a fork, thread pools that this process had started (OpenCV's,
+    OpenMP's) hang the child (seen: OpenCV's pool in the tests, which run the command
+    in-process). Called early, so that the server imports while this process starts up."""
+    import multiprocessing
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, *_WORKER_MODULES])
+    with single_threaded_children():  # the server's libraries read them when they load
+        forkserver.ensure_running()
+    return context
+
+
+def _evaluate(pairs, convention, names, device, *, workers, context, threads, batch_size, shown):
+    """Per-image metric values, in the order of ``pairs``: on the GPU in batches of
+    same-size pairs, on the CPU pair by pair, here (with ``threads`` torch threads) or in
+    ``workers`` single-threaded processes started from ``context``."""
     from tqdm import tqdm
 
     per_image: dict[str, dict[str, float]] = {}
-    with tqdm(total=len(pairs), unit="pair", disable=not progress_bar, file=sys.stderr) as bar:
-        _run_batches(per_image, batches, convention, names, device, workers, bar)
+    with tqdm(total=len(pairs), unit="pair", disable=not shown, file=sys.stderr) as bar:
+        if workers > 1:
+            _run_in_pool(context, workers, per_image, pairs, convention, names, bar)
+        elif device.startswith("cpu"):
+            with single_threaded(threads or 1):
+                for pair in pairs:
+                    stem, per_image[stem] = _evaluate_pair(pair, convention, names)
+                    bar.update(1)
+        else:
+            with _torch_threads(threads):
+                for batch in _batches(pairs, batch_size):
+                    per_image.update(_evaluate_batch(batch, convention, names, device))
+                    bar.update(len(batch))
     return {stem: per_image[stem] for stem, *_ in pairs}
 
 
-def _run_batches(per_image, batches, convention, names, device, workers, progress) -> None:
-    """Fill ``per_image`` from ``batches`` here or in ``workers`` processes; the bar is
-    closed by the caller even when a batch fails, so an error starts a line of its own."""
-    if workers <= 1:
-        for batch in batches:
-            per_image.update(_evaluate_batch(batch, convention, names, str(device)))
-            progress.update(len(batch))
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+def _run_in_pool(context, workers, per_image, pairs, convention, names, progress) -> None:
+    """Fill ``per_image`` from ``pairs`` in ``workers`` single-threaded processes, one pair
+    per job, largest first, so that the processes run out of work together. A failed pair
+    cancels the rest."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        with (
-            single_threaded_children(),
-            ProcessPoolExecutor(
-                workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_single_threaded_worker,
-            ) as pool,
-        ):
-            jobs = {
-                pool.submit(_evaluate_batch, b, convention, names, "cpu"): len(b) for b in batches
-            }
+    order = sorted(pairs, key=lambda p: -_pixels(p[1]))
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded_worker)
+    # Spawned processes (where there is no fork server) read the limits when they start.
+    with single_threaded_children(), pool:
+        jobs = [pool.submit(_evaluate_pair, pair, convention, names) for pair in order]
+        try:
             for job in as_completed(jobs):
-                per_image.update(job.result())
-                progress.update(jobs[job])
+                stem, per_image[stem] = job.result()
+                progress.update(1)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _pixels(path: Path) -> int:
+    height, width = _image_size(path)
+    return height * width
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from e2emfd.cli.paths import output_file
-    from e2emfd.engine.runtime import resolve_device
     from e2emfd.metrics.fusion import resolve_metric_names
     from e2emfd.metrics.fusion.summary import summarize, undefined_warnings
 
@@ -267,21 +362,32 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--threads must be positive, got {args.threads}")
     if args.workers is not None and args.workers < 1:
         raise CommandError(f"--workers must be positive, got {args.workers}")
-    device = resolve_device(args.device, setting="--device")
+    wanted = args.workers or _cpu_cores()
+    # Workers are started first, so that they load the metrics while this process pairs
+    # the files; for the CPU this process does not load torch at all.
+    context = _worker_context() if args.device == "cpu" and wanted > 1 else None
+    if args.device == "cpu":
+        device = "cpu"
+    else:
+        from e2emfd.engine.runtime import resolve_device
+
+        device = str(resolve_device(args.device, setting="--device"))
 
     pairs = pair_images(Path(args.ir), Path(args.vi), Path(args.fused))
-    batches = _batches(pairs, args.batch_size)
-    workers = 1 if device.type != "cpu" else args.workers or _cpu_cores()
-    workers = min(workers, len(batches))  # more workers than batches would only idle
-    threads = torch.get_num_threads()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    try:
-        per_image = _evaluate(
-            pairs, batches, args.convention, names, device, workers, not args.no_progress
-        )
-    finally:
-        torch.set_num_threads(threads)
+    workers = min(wanted, len(pairs)) if device.startswith("cpu") else 1  # more would idle
+    if workers > 1 and context is None:  # --device auto chose the CPU
+        context = _worker_context()
+    per_image = _evaluate(
+        pairs,
+        args.convention,
+        names,
+        device,
+        workers=workers,
+        context=context,
+        threads=args.threads,
+        batch_size=args.batch_size,
+        shown=not args.no_progress,
+    )
 
     summary = summarize(per_image, names)
     print(f"{len(pairs)} images, {args.convention} convention")

@@ -1,23 +1,41 @@
-"""Data: reading infrared-visible pairs and their labels, augmenting, batching."""
+"""Data: reading infrared-visible pairs and their labels, augmenting, batching.
 
-from e2emfd.data.build import build_dataset
-from e2emfd.data.collate import collate_pairs, make_collate, pad_to_multiple
-from e2emfd.data.datasets import PairDataset, PairRecord
-from e2emfd.data.io import ImageReadError, read_image, write_png
-from e2emfd.data.transforms import Compose, RandomHorizontalFlip, Resize, build_transforms
+The names below load their module on first use: ``e2emfd.data.io`` alone (the image
+readers the fusion metrics share) must not pull in the augmentations, and with them
+torchvision and torch's compiler stack, which cost a fresh process about a second.
+"""
 
-__all__ = [
-    "Compose",
-    "ImageReadError",
-    "PairDataset",
-    "PairRecord",
-    "RandomHorizontalFlip",
-    "Resize",
-    "build_dataset",
-    "build_transforms",
-    "collate_pairs",
-    "make_collate",
-    "pad_to_multiple",
-    "read_image",
-    "write_png",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "build_dataset": "build",
+    "collate_pairs": "collate",
+    "make_collate": "collate",
+    "pad_to_multiple": "collate",
+    "PairDataset": "datasets",
+    "PairRecord": "datasets",
+    "ImageReadError": "io",
+    "read_image": "io",
+    "write_png": "io",
+    "Compose": "transforms",
+    "RandomHorizontalFlip": "transforms",
+    "Resize": "transforms",
+    "build_transforms": "transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -19,16 +19,28 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from e2emfd.metrics.fusion import cpu_engine as fusion_cpu
-from e2emfd.metrics.fusion.io import CONVENTIONS, check_convention, load_grey, to_grey_levels
-from e2emfd.metrics.fusion.torch_engine import matlab as fusion_matlab
-from e2emfd.metrics.fusion.torch_engine import python as fusion_python
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# What needs torch loads it on first use: the metric names and the summaries
+# (e2emfd.metrics.fusion.summary) do not, and eval-fusion's main process, which only
+# hands pairs out to its workers, is spared a second of importing torch.
+_FROM_IO = ("CONVENTIONS", "check_convention", "load_grey", "to_grey_levels")
+
+
+def __getattr__(name: str):
+    if name not in _FROM_IO:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.io"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CONVENTIONS",
@@ -56,10 +68,13 @@ METRIC_NAMES: tuple[str, ...] = (
     "MSE",
 )
 
-_IMPLEMENTATIONS: dict[str, dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]]] = {
-    "python": fusion_python.METRICS,
-    "matlab": fusion_matlab.METRICS,
-}
+
+def _implementations(convention: str) -> dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]]:
+    """The torch implementation of each metric in ``convention``."""
+    from e2emfd.metrics.fusion.io import check_convention
+    from e2emfd.metrics.fusion.torch_engine import matlab, python
+
+    return {"python": python.METRICS, "matlab": matlab.METRICS}[check_convention(convention)]
 
 
 def resolve_metric_names(metrics: Iterable[str] | str | None) -> list[str]:
@@ -87,12 +102,14 @@ def resolve_metric_names(metrics: Iterable[str] | str | None) -> list[str]:
 def metric_definition(name: str, convention: str) -> str:
     """The definition of one metric in one convention (the implementing function's docstring)."""
     (canonical,) = resolve_metric_names([name])
-    doc = _IMPLEMENTATIONS[check_convention(convention)][canonical].__doc__ or ""
+    doc = _implementations(convention)[canonical].__doc__ or ""
     return " ".join(doc.split())
 
 
 def _as_batch(x: Tensor, role: str) -> Tensor:
-    if not isinstance(x, Tensor):
+    import torch
+
+    if not isinstance(x, torch.Tensor):
         raise ValueError(f"{role}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() not in (2, 3):
         raise ValueError(f"{role}: expected shape (H, W) or (B, H, W), got {tuple(x.shape)}")
@@ -143,9 +160,13 @@ def _fusion_metrics(
     """:func:`fusion_metrics` with a choice of implementation: ``"torch"`` (any device, any
     values), ``"cpu"`` (:mod:`e2emfd.metrics.fusion.cpu_engine`: CPU tensors of integer grey
     levels) or ``"auto"`` (the CPU engine where it applies)."""
-    impl = _IMPLEMENTATIONS[check_convention(convention)]
+    import torch
+
+    from e2emfd.metrics.fusion import cpu_engine as fusion_cpu
+
+    impl = _implementations(convention)
     names = resolve_metric_names(metrics)
-    unbatched = isinstance(fused, Tensor) and fused.dim() == 2
+    unbatched = isinstance(fused, torch.Tensor) and fused.dim() == 2
     f, a, b = _as_batch(fused, "fused"), _as_batch(ir, "ir"), _as_batch(vis, "vis")
     if not f.shape == a.shape == b.shape:
         shapes = f"fused {tuple(fused.shape)}, ir {tuple(ir.shape)}, vis {tuple(vis.shape)}"
