@@ -60,6 +60,14 @@ def videos(tmp_path):
     return vi, ir
 
 
+def command(name, videos, out, *extra):
+    """``e2emfd NAME`` on the two videos in batches of 2, drawing every box."""
+    vi, ir = videos
+    sources = ["--vi", str(vi), "--ir", str(ir), "--out", str(out), "--batch-size", "2"]
+    draw = ["--draw-threshold", "0"] if name == "detect" else []
+    return [name, *extra, *sources, *draw, "--no-progress"]
+
+
 def read_all(path):
     capture = cv2.VideoCapture(str(path))
     frames = []
@@ -91,25 +99,9 @@ def test_frames_are_paired_by_index_and_converted_like_image_files(videos):
 
 
 def test_fuse_two_videos_with_a_classical_method(videos, tmp_path):
-    vi, ir = videos
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="pairing frames by index"):
-        code = main(
-            [
-                "fuse",
-                "--method",
-                "average",
-                "--vi",
-                str(vi),
-                "--ir",
-                str(ir),
-                "--out",
-                str(out),
-                "--batch-size",
-                "2",
-                "--no-progress",
-            ]
-        )
+        code = main(command("fuse", videos, out, "--method", "average"))
     assert code == 0
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == [f"{i:06d}.png" for i in range(5)]
@@ -145,27 +137,10 @@ def test_detect_on_two_videos_one_runner_per_frame_size(
             super().__init__(model, *shape, **kwargs)
 
     monkeypatch.setattr(graphed, "GraphedInference", Recording)
-    vi, ir = videos
     out = tmp_path / "det"
     with pytest.warns(UserWarning, match="6 frames.*5 frames"):
         code = main(
-            [
-                "detect",
-                "--weights",
-                str(tiny_checkpoint),
-                "--vi",
-                str(vi),
-                "--ir",
-                str(ir),
-                "--out",
-                str(out),
-                "--batch-size",
-                "2",
-                "--cuda-graph",
-                "--draw-threshold",
-                "0",
-                "--no-progress",
-            ]
+            command("detect", videos, out, "--weights", str(tiny_checkpoint), "--cuda-graph")
         )
     assert code == 0
     # 5 frames in batches of 2: the last batch of 1 is filled up, so one runner serves all
