@@ -16,23 +16,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# the metrics of both conventions, in the order results are reported
-METRIC_NAMES = (
-    "EN",
-    "SD",
-    "SF",
-    "AG",
-    "MI",
-    "SCD",
-    "CC",
-    "VIF",
-    "Qabf",
-    "Nabf",
-    "SSIM",
-    "PSNR",
-    "MSE",
-)
-
 LN2 = math.log(2.0)
 
 

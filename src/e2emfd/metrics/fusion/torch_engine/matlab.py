@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from e2emfd.metrics.fusion import METRIC_NAMES
 from e2emfd.metrics.fusion.torch_engine.core import (
     LN2,
-    METRIC_NAMES,
     entropy_bits,
     entropy_from_counts,
     gaussian_taps,
