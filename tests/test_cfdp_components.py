@@ -13,9 +13,9 @@ from e2emfd.boxes.axis_aligned import (
     clip_boxes,
     image_whwh,
     normalize_boxes,
-    select_detections,
     signal_to_boxes,
 )
+from e2emfd.config import DetectionConfig
 from e2emfd.models.detection.diffusion import BoxDiffusion, cosine_alphas_cumprod, ddim_timesteps
 from e2emfd.models.detection.head import DynamicConv, RefinementStage, SinusoidalTimeEmbedding
 from e2emfd.models.detection.pooler import MultiLevelRoIAlign, assign_levels
@@ -251,15 +251,20 @@ def test_select_detections_hand_case():
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.95, 0.1], [0.9, 0.8, 0.7, 0.95, 0.1]])
     labels = torch.tensor([[0, 0, 1, 0, 2], [0, 0, 1, 0, 2]])
     whwh = torch.tensor([[64.0, 64, 64, 64], [64.0, 64, 64, 64]])
-    out = select_detections(scores, labels, boxes, whwh, num_classes=3, nms_threshold=0.5)
+
+    def select(**kw):
+        cfg = DetectionConfig(num_classes=3, nms_threshold=0.5, **kw)
+        return HBB.select((scores, labels, boxes), whwh, cfg)
+
+    out = select()
     # same-class duplicate removed, other class kept, empty box dropped, images apart
     for o in out:
         assert o["scores"].tolist() == pytest.approx([0.9, 0.7, 0.1])
         assert o["labels"].tolist() == [0, 1, 2]
         assert o["boxes"][0].tolist() == box
-    capped = select_detections(scores, labels, boxes, whwh, 3, 0.5, max_detections=2)
+    capped = select(max_detections=2)
     assert [len(o["scores"]) for o in capped] == [2, 2]
-    thresholded = select_detections(scores, labels, boxes, whwh, 3, 0.5, score_threshold=0.5)
+    thresholded = select(score_threshold=0.5)
     assert thresholded[0]["labels"].tolist() == [0, 1]
 
 

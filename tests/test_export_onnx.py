@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import TINY_JOINT
-from e2emfd.boxes.axis_aligned import select_detections
+from e2emfd.boxes import box_codec
 from e2emfd.cli.main import main
 from e2emfd.config import config_to_dict, load_config
 from e2emfd.engine.checkpoint import save_checkpoint
@@ -97,7 +97,7 @@ def test_graph_nms_equals_select_detections():
 
     out = graph_select(scores, labels, boxes, whwh, cfg)
     got = select({"nms": "graph"}, dict(zip(("boxes", "scores", "labels"), out)), None)
-    expected = select_detections(scores, labels, boxes, whwh, 4, cfg.nms_threshold, 100, 0.0)
+    expected = box_codec("hbb").select((scores, labels, boxes), whwh, cfg)
     for a, b in zip(got, expected):
         assert len(a["scores"]) == len(b["scores"]) > 10
         torch.testing.assert_close(a["scores"], b["scores"])

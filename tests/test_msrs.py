@@ -63,8 +63,10 @@ def test_all_287_pairs_read_with_the_readme_box_counts(shared_data):
     assert total == 287
 
 
-def _synthetic_checkpoint(tmp_path, synth_small) -> Path:
+@pytest.fixture(scope="module")
+def synthetic_checkpoint(tmp_path_factory, synth_small) -> Path:
     """A two-step run of the CPU config's model on synthetic street scenes (6 classes)."""
+    tmp_path = tmp_path_factory.mktemp("synthetic_pretraining")
     cfg = load_config(
         CONFIGS / "msrs_cpu.yaml",
         [
@@ -85,8 +87,8 @@ def _synthetic_checkpoint(tmp_path, synth_small) -> Path:
     return train(cfg, progress=False).checkpoint
 
 
-def test_init_from_loads_what_fits_and_reports_the_rest(tmp_path, synth_small):
-    checkpoint = _synthetic_checkpoint(tmp_path, synth_small)
+def test_init_from_loads_what_fits_and_reports_the_rest(tmp_path, synthetic_checkpoint):
+    checkpoint = synthetic_checkpoint
     cfg = load_config(CONFIGS / "msrs_cpu.yaml")
     model = build_model(cfg.model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -111,9 +113,10 @@ def test_init_from_loads_what_fits_and_reports_the_rest(tmp_path, synth_small):
 
 
 def test_cpu_config_fine_tunes_real_pairs_from_a_synthetic_checkpoint(
-    tmp_path, synth_small, shared_data, capsys
+    tmp_path, synthetic_checkpoint, shared_data, capsys
 ):
-    checkpoint = _synthetic_checkpoint(tmp_path, synth_small)
+    checkpoint = tmp_path / "synthetic.pt"  # a copy: this test deletes it afterwards
+    checkpoint.write_bytes(synthetic_checkpoint.read_bytes())
     capsys.readouterr()
     cfg = _msrs_config(
         shared_data,
@@ -135,3 +138,17 @@ def test_cpu_config_fine_tunes_real_pairs_from_a_synthetic_checkpoint(
     state = load_checkpoint(result.checkpoint)
     model = build_model(load_config(CONFIGS / "msrs_cpu.yaml").model)
     model.load_state_dict(state["model"])
+
+
+def test_a_stripped_checkpoint_keeps_the_weights_and_drops_the_training_state(
+    tmp_path, synthetic_checkpoint
+):
+    from e2emfd.engine.checkpoint import load_model_for_inference, strip_checkpoint
+
+    small = strip_checkpoint(synthetic_checkpoint, tmp_path / "small.pt")
+    assert small.stat().st_size < synthetic_checkpoint.stat().st_size / 2
+    assert set(load_checkpoint(small)) == {"format", "model", "config", "step"}
+    a, _ = load_model_for_inference(synthetic_checkpoint)
+    b, _ = load_model_for_inference(small)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name

@@ -14,7 +14,6 @@ from e2emfd.boxes.rotated import (
     normalize_obb,
     random_normalized_obb,
     rotated_centre_prior,
-    select_rotated_detections,
     signal_to_obb,
 )
 from e2emfd.config import DetectionConfig
@@ -261,12 +260,12 @@ def test_select_rotated_detections_nms_groups_and_image_bounds():
     )
     scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.95, 0.5]])
     labels = torch.tensor([[0, 0, 1, 0, 0, 2]])
-    out = select_rotated_detections(scores, labels, boxes, torch.tensor([[64.0, 48.0]]))[0]
+    scale = OBB.image_scale(torch.tensor([[48, 64]]))
+    out = OBB.select((scores, labels, boxes), scale, _cfg())[0]
     torch.testing.assert_close(out["scores"], torch.tensor([0.9, 0.7, 0.6, 0.5]))
     assert out["labels"].tolist() == [0, 1, 0, 2]
-    two = select_rotated_detections(
-        scores, labels, boxes, torch.tensor([[64.0, 48.0]]), max_detections=2, score_threshold=0.65
-    )[0]
+    capped = _cfg(max_detections=2, score_threshold=0.65)
+    two = OBB.select((scores, labels, boxes), scale, capped)[0]
     assert two["scores"].tolist() == pytest.approx([0.9, 0.7])
 
 

@@ -102,7 +102,7 @@ class AllLevelsRoIAlign(MultiLevelRoIAlign):
 def graph_select(
     scores: Tensor, labels: Tensor, boxes: Tensor, whwh: Tensor, cfg
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`e2emfd.boxes.axis_aligned.select_detections` with fixed output shapes, for a
+    """:meth:`e2emfd.boxes.AxisAlignedBoxes.select` with fixed output shapes, for a
     graph: (B, D, 4) boxes, (B, D) scores and labels, padding rows labelled -1.
 
     Per-class NMS of all images at once as one NMS of shifted boxes (each image and class

@@ -109,58 +109,12 @@ def centre_prior(boxes: Tensor, gt_boxes: Tensor, radius: float = 2.5) -> tuple[
     return in_box, in_centre
 
 
-def select_detections(
-    scores: Tensor,
-    labels: Tensor,
-    boxes: Tensor,
-    whwh: Tensor,
-    num_classes: int,
-    nms_threshold: float = 0.5,
-    max_detections: int = 100,
-    score_threshold: float = 0.0,
-) -> list[dict[str, Tensor]]:
-    """Clip, drop empty boxes, per-class NMS, keep the best ``max_detections`` per image.
-
-    scores, labels: (B, K); boxes: (B, K, 4) pixel xyxy; whwh: (B, 4). NMS runs once for
-    the whole batch (images and classes kept apart by the NMS group index).
-    Returns B dicts {"boxes": (D, 4), "scores": (D,), "labels": (D,)}, best first.
-    """
-    b, k = scores.shape
-    boxes = clip_boxes(boxes.float(), whwh.float())
-    groups = torch.arange(b, device=labels.device).repeat_interleave(k) * num_classes
-    keep = batched_nms(
-        boxes.reshape(-1, 4), scores.reshape(-1), groups + labels.reshape(-1), nms_threshold
-    )
-    kept = torch.zeros(b * k, dtype=torch.bool, device=scores.device)
-    kept[keep] = True
-    # boxes clipped to nothing (proposals outside the image) are dropped
-    nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-    kept = kept.view(b, k) & nonempty & (scores > score_threshold)
-    # sigmoid scores are >= 0, so -1 marks what NMS or the threshold removed
-    ranked, order = torch.where(kept, scores, torch.full_like(scores, -1.0)).topk(
-        min(max_detections, k), dim=1
-    )
-    counts = (ranked >= 0).sum(1).tolist()  # the one host sync: output sizes
-    out_boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
-    out_labels = labels.gather(1, order)
-    return [
-        {"boxes": out_boxes[i, :m], "scores": ranked[i, :m], "labels": out_labels[i, :m]}
-        for i, m in enumerate(counts)
-    ]
-
-
 class AxisAlignedBoxes(BoxCodec):
     """Axis-aligned xyxy boxes (see the module docstring)."""
 
-    kind = "hbb"
-    dim = 4
-    image_scale = staticmethod(image_whwh)
-    normalize = staticmethod(normalize_boxes)
-    from_signal = staticmethod(signal_to_boxes)
-    random_normalized = staticmethod(random_normalized_boxes)
-    apply_deltas = staticmethod(apply_deltas)
-    centre_prior = staticmethod(centre_prior)
+    kind, dim = "hbb", 4
 
+    # data side
     def rescale(self, boxes: Tensor, sx: float, sy: float) -> Tensor:
         return boxes * boxes.new_tensor([sx, sy, sx, sy])
 
@@ -183,6 +137,14 @@ class AxisAlignedBoxes(BoxCodec):
     def area(self, boxes: Tensor) -> Tensor:
         return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
+    # the diffusion signal and the stages' deltas
+    image_scale = staticmethod(image_whwh)
+    normalize = staticmethod(normalize_boxes)
+    from_signal = staticmethod(signal_to_boxes)
+    random_normalized = staticmethod(random_normalized_boxes)
+    apply_deltas = staticmethod(apply_deltas)
+
+    # pooling
     def roi_align(self, feature, rois, output_size, spatial_scale, sampling_ratio) -> Tensor:
         # float32 sampling: bf16 box coordinates would be off by pixels
         return roi_align(
@@ -202,18 +164,42 @@ class AxisAlignedBoxes(BoxCodec):
         y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * frac
         return x[:, None, :], y[:, :, None]
 
+    # matching cost
     def l1_cost(self, boxes: Tensor, gt: Tensor, scale: Tensor) -> Tensor:
         return torch.cdist(boxes / scale, gt / scale, p=1)
 
     def overlap_cost(self, boxes: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
         return generalized_box_iou(boxes, gt), box_iou(boxes, gt)
 
+    centre_prior = staticmethod(centre_prior)
+
+    # inference
     def select(self, candidates, scale: Tensor, cfg: DetectionConfig) -> list[dict[str, Tensor]]:
-        return select_detections(
-            *candidates,
-            scale,
-            cfg.num_classes,
-            cfg.nms_threshold,
-            cfg.max_detections,
-            cfg.score_threshold,
+        """Clip, drop empty boxes, per-class NMS, keep the best ``cfg.max_detections`` per
+        image. scores, labels: (B, K); boxes: (B, K, 4) pixel xyxy; scale: (B, 4) whwh. NMS
+        runs once for the whole batch (images and classes kept apart by the NMS group
+        index). Returns B dicts {"boxes": (D, 4), "scores": (D,), "labels": (D,)}, best
+        first."""
+        scores, labels, boxes = candidates
+        b, k = scores.shape
+        boxes = clip_boxes(boxes.float(), scale.float())
+        groups = torch.arange(b, device=labels.device).repeat_interleave(k) * cfg.num_classes
+        keep = batched_nms(
+            boxes.reshape(-1, 4), scores.reshape(-1), groups + labels.reshape(-1), cfg.nms_threshold
         )
+        kept = torch.zeros(b * k, dtype=torch.bool, device=scores.device)
+        kept[keep] = True
+        # boxes clipped to nothing (proposals outside the image) are dropped
+        nonempty = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+        kept = kept.view(b, k) & nonempty & (scores > cfg.score_threshold)
+        # sigmoid scores are >= 0, so -1 marks what NMS or the threshold removed
+        ranked, order = torch.where(kept, scores, torch.full_like(scores, -1.0)).topk(
+            min(cfg.max_detections, k), dim=1
+        )
+        counts = (ranked >= 0).sum(1).tolist()  # the one host sync: output sizes
+        out_boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+        out_labels = labels.gather(1, order)
+        return [
+            {"boxes": out_boxes[i, :m], "scores": ranked[i, :m], "labels": out_labels[i, :m]}
+            for i, m in enumerate(counts)
+        ]

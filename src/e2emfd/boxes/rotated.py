@@ -141,65 +141,34 @@ def rotated_centre_prior(
     return in_box, in_centre
 
 
-def select_rotated_detections(
-    scores: Tensor,
-    labels: Tensor,
-    boxes: Tensor,
-    image_wh: Tensor,
-    nms_threshold: float = 0.5,
-    max_detections: int = 100,
-    score_threshold: float = 0.0,
-) -> list[dict[str, Tensor]]:
-    """Per image: drop boxes whose centre is outside the image (or empty, or non-finite),
-    per-class rotated NMS, keep the best ``max_detections``.
-
-    scores, labels: (B, K); boxes: (B, K, 5) le90 pixels; image_wh: (B, 2) ``[W, H]``.
-    Boxes are not clipped (a rotated box cut by the image border is no longer a
-    rectangle). Returns B dicts {"boxes": (D, 5), "scores": (D,), "labels": (D,)}, best
-    first.
-    """
-    out = []
-    for score, label, box, (width, height) in zip(scores, labels, boxes.float(), image_wh):
-        ok = (
-            torch.isfinite(box).all(1)
-            & (box[:, 0] >= 0)
-            & (box[:, 0] <= width)
-            & (box[:, 1] >= 0)
-            & (box[:, 1] <= height)
-            & (box[:, 2] > 0)
-            & (box[:, 3] > 0)
-            & (score > score_threshold)
-        )
-        idx = ok.nonzero().squeeze(1)
-        keep = idx[rotated_batched_nms(box[idx], score[idx], label[idx], nms_threshold)]
-        keep = keep[:max_detections]
-        out.append({"boxes": box[keep], "scores": score[keep], "labels": label[keep]})
-    return out
-
-
 class RotatedBoxes(BoxCodec):
     """Rotated le90 boxes (see the module docstring)."""
 
-    kind = "obb"
-    dim = 5
+    kind, dim = "obb", 5
+
+    # data side (the geometry of :mod:`e2emfd.ops.rotated`)
     rescale = staticmethod(scale_obb)
     hflip = staticmethod(hflip_obb)
     mask = staticmethod(rotated_box_mask)
+
+    def area(self, boxes: Tensor) -> Tensor:
+        return boxes[..., 2] * boxes[..., 3]
+
+    # the diffusion signal and the stages' deltas
     image_scale = staticmethod(image_scale)
     normalize = staticmethod(normalize_obb)
     from_signal = staticmethod(signal_to_obb)
     random_normalized = staticmethod(random_normalized_obb)
     apply_deltas = staticmethod(apply_obb_deltas)
-    # samples in float32 (float64 for float64 maps) whatever the autocast dtype
-    roi_align = staticmethod(rotated_roi_align)
-    centre_prior = staticmethod(rotated_centre_prior)
 
-    def area(self, boxes: Tensor) -> Tensor:
-        return boxes[..., 2] * boxes[..., 3]
+    # pooling, in the box's own frame; samples in float32 (float64 for float64 maps)
+    # whatever the autocast dtype
+    roi_align = staticmethod(rotated_roi_align)
 
     def sample_points(self, boxes: Tensor, output_size: int, ratio: int) -> tuple[Tensor, Tensor]:
         return rotated_sample_points(boxes, output_size, output_size, ratio)
 
+    # matching cost
     def l1_cost(self, boxes: Tensor, gt: Tensor, scale: Tensor) -> Tensor:
         cost = torch.cdist(boxes[:, :4] / scale, gt[:, :4] / scale, p=1)
         return cost + angle_cost(boxes[:, None, 4], gt[None])
@@ -210,8 +179,32 @@ class RotatedBoxes(BoxCodec):
         iou = rotated_box_iou(boxes, gt)
         return iou, iou
 
+    centre_prior = staticmethod(rotated_centre_prior)
+
+    # inference
     def select(self, candidates, scale: Tensor, cfg: DetectionConfig) -> list[dict[str, Tensor]]:
-        # no class offset needed: rotated NMS keeps the classes apart by its group index
-        return select_rotated_detections(
-            *candidates, scale[:, :2], cfg.nms_threshold, cfg.max_detections, cfg.score_threshold
-        )
+        """Per image: drop boxes whose centre is outside the image (or empty, or
+        non-finite), per-class rotated NMS, keep the best ``cfg.max_detections``. Boxes are
+        not clipped (a rotated box cut by the image border is no longer a rectangle).
+        scores, labels: (B, K); boxes: (B, K, 5) le90 pixels; scale: (B, 4) [W, H, D, D].
+        Returns B dicts {"boxes": (D, 5), "scores": (D,), "labels": (D,)}, best first."""
+        out = []
+        for score, label, box, (width, height) in zip(
+            *candidates[:2], candidates[2].float(), scale[:, :2]
+        ):
+            ok = (
+                torch.isfinite(box).all(1)
+                & (box[:, 0] >= 0)
+                & (box[:, 0] <= width)
+                & (box[:, 1] >= 0)
+                & (box[:, 1] <= height)
+                & (box[:, 2] > 0)
+                & (box[:, 3] > 0)
+                & (score > cfg.score_threshold)
+            )
+            idx = ok.nonzero().squeeze(1)
+            # the class is the NMS group: no box suppresses one of another class
+            keep = idx[rotated_batched_nms(box[idx], score[idx], label[idx], cfg.nms_threshold)]
+            keep = keep[: cfg.max_detections]
+            out.append({"boxes": box[keep], "scores": score[keep], "labels": label[keep]})
+        return out

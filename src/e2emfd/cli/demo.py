@@ -31,6 +31,11 @@ def register(subparsers) -> None:
     parser.add_argument("--num-images", type=int, default=400, help="synthetic pairs (default 400)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--max-steps",
+        type=int,
+        help="at most this many training steps (default: as many as the budget allows)",
+    )
+    parser.add_argument(
         "--boxes",
         choices=["hbb", "obb"],
         default="hbb",
@@ -59,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
             list(args.overrides),
             not args.no_progress,
             boxes=args.boxes,
+            max_steps=args.max_steps,
         )
     except NonFiniteLossError as exc:
         raise CommandError(str(exc)) from None
@@ -66,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(
         f"E2E-MFD demo: {summary['steps']} training steps, "
-        f"{summary['total_minutes']:.1f} min in total"
+        f"{summary['total_minutes']:.1f} min in total ("
+        + ", ".join(f"{k} {v:.1f}" for k, v in summary["phase_minutes"].items())
+        + " min)"
     )
     print(f"detection (test split): AP50 {det['AP50']:.3f}   AP50:95 {det['AP']:.3f}")
     print(

@@ -55,12 +55,7 @@ def plot_training_curves(train_log: Path, out_dir: Path) -> list[tuple[Path, str
         if rows:
             ax.plot([r["step"] for r in rows], [r[f"loss_{task}"] for r in rows], lw=1)
         ax.set_title(f"{task} loss")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out_dir / "losses.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = _save_figure(fig, axes, out_dir / "losses.png")
     figures.append((path, "Training losses of both tasks (sum of the weighted terms)."))
 
     stats = [r for r in records if "mtl/cos" in r]
@@ -79,13 +74,7 @@ def plot_training_curves(train_log: Path, out_dir: Path) -> list[tuple[Path, str
             )
         axes[2].set_title("condition number of [g_det; g_fus]")
         axes[2].legend()
-        for ax in axes:
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / "gmta.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        path = _save_figure(fig, axes, out_dir / "gmta.png")
         figures.append(
             (
                 path,
@@ -95,6 +84,19 @@ def plot_training_curves(train_log: Path, out_dir: Path) -> list[tuple[Path, str
             )
         )
     return figures
+
+
+def _save_figure(fig, axes, path: Path) -> Path:
+    """Label the step axes, grid them, write the figure as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def scene_panels(

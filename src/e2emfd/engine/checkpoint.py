@@ -49,6 +49,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def strip_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Write the weights, config and step of a checkpoint without the training state
+    (optimiser, scheduler, random generators): a file to share for inference or
+    fine-tuning, a third of the size. It loads like any checkpoint but cannot resume."""
+    state = load_checkpoint(source)
+    kept = {k: state[k] for k in ("model", "config", "step") if k in state}
+    return save_checkpoint(target, kept)
+
+
 def checkpoint_config(state: dict[str, Any], path: str | Path = "checkpoint") -> Config:
     try:
         return config_from_dict(state["config"])

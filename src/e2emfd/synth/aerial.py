@@ -58,7 +58,6 @@ Image ``i`` depends only on ``(seed, i)``; PNGs are byte-identical across runs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +71,7 @@ from e2emfd.synth.aerial_scene import (
     AerialScene,
     render_aerial_scene,
 )
-from e2emfd.synth.output import image_ids, prepare_out
+from e2emfd.synth.output import check_request, image_ids, numbered, prepare_out, write_meta
 from e2emfd.synth.street import _png, is_test_index
 
 __all__ = [
@@ -163,16 +162,9 @@ def generate_aerial_dataset(
     pixels on every side) to ``out`` in the DroneVehicle layout and return ``out``; see the
     module docstring. ``out`` must be new or empty, or hold an earlier dataset of this
     function and ``overwrite``."""
-    from tqdm import tqdm
-
     out = Path(out)
     width, height = size
-    if num < 1:
-        raise ValueError(f"num must be at least 1, got {num}")
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    if width < 64 or height < 64:
-        raise ValueError(f"image size {width}x{height} is too small (min 64x64)")
+    check_request(num, test_fraction, width, height)
     if border < 0:
         raise ValueError(f"border must be >= 0, got {border}")
     if labels not in ("union", "modality"):
@@ -181,11 +173,9 @@ def generate_aerial_dataset(
     for split in ("train", "test"):
         for folder in ("rgb/images", "rgb/labels", "ir/images", "ir/labels"):
             (out / split / folder).mkdir(parents=True, exist_ok=True)
-    digits = max(5, len(str(num - 1)))
     pad = ((border, border), (border, border))
     images = []
-    for index in tqdm(range(num), desc="synth", unit="pair", disable=not progress):
-        image_id = f"{index:0{digits}d}"
+    for index, image_id in numbered(num, progress):
         scene = aerial_scene_for_index(seed, index, (width, height), view_m)
         split = "test" if is_test_index(index, test_fraction) else "train"
         vis = np.pad(scene.vis, (*pad, (0, 0)), constant_values=255)
@@ -203,22 +193,22 @@ def generate_aerial_dataset(
                 "objects": [_object_meta(o) for o in scene.objects],
             }
         )
-    meta = {
-        "generator": GENERATOR,
-        "format_version": FORMAT_VERSION,
-        "seed": seed,
-        "num": num,
-        "size": [width, height],
-        "border": border,
-        "view_m": view_m,
-        "labels": labels,
-        "test_fraction": test_fraction,
-        "classes": list(CLASSES),
-        "conditions": list(CONDITIONS),
-        "box_format": "le90 (cx, cy, w, h, angle) and corners, pixels without the border",
-        "vis_threshold": VIS_THRESHOLD,
-        "ir_threshold": IR_THRESHOLD,
-        "images": images,
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    write_meta(
+        out,
+        GENERATOR,
+        FORMAT_VERSION,
+        seed=seed,
+        num=num,
+        size=(width, height),
+        test_fraction=test_fraction,
+        images=images,
+        border=border,
+        view_m=view_m,
+        labels=labels,
+        classes=list(CLASSES),
+        conditions=list(CONDITIONS),
+        box_format="le90 (cx, cy, w, h, angle) and corners, pixels without the border",
+        vis_threshold=VIS_THRESHOLD,
+        ir_threshold=IR_THRESHOLD,
+    )
     return out

@@ -5,7 +5,7 @@ notes or split files added later stay)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 
@@ -50,3 +50,50 @@ def prepare_out(
         )
     for path in written_files(out, meta):
         path.unlink(missing_ok=True)
+
+
+def check_request(num: int, test_fraction: float, width: int, height: int) -> None:
+    """The arguments every generator takes, checked before anything is written."""
+    if num < 1:
+        raise ValueError(f"num must be at least 1, got {num}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if width < 64 or height < 64:
+        raise ValueError(f"image size {width}x{height} is too small (min 64x64)")
+
+
+def numbered(num: int, progress: bool) -> Iterator[tuple[int, str]]:
+    """``(index, image id)`` of ``num`` images, ids zero-padded to a common width (at
+    least 5 digits), with a progress bar."""
+    from tqdm import tqdm
+
+    digits = max(5, len(str(num - 1)))
+    for index in tqdm(range(num), desc="synth", unit="pair", disable=not progress):
+        yield index, f"{index:0{digits}d}"
+
+
+def write_meta(
+    out: Path,
+    generator: str,
+    version: int,
+    *,
+    seed: int,
+    num: int,
+    size: tuple[int, int],
+    test_fraction: float,
+    images: list[dict],
+    **details,
+) -> None:
+    """Write ``out/meta.json``: what made the dataset (generator, version, seed, count,
+    size, split), the generator's own ``details`` and one record per image."""
+    meta = {
+        "generator": generator,
+        "format_version": version,
+        "seed": seed,
+        "num": num,
+        "size": list(size),
+        "test_fraction": test_fraction,
+        **details,
+        "images": images,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")

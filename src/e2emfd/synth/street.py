@@ -71,14 +71,13 @@ byte-identical files.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import cv2
 import numpy as np
 
-from e2emfd.synth.output import image_ids, prepare_out
+from e2emfd.synth.output import check_request, image_ids, numbered, prepare_out, write_meta
 from e2emfd.synth.shapes import CLASSES
 from e2emfd.synth.street_scene import (
     CONDITIONS,
@@ -204,24 +203,15 @@ def generate_dataset(
 
     ``out`` must be new or empty; with ``overwrite`` it may also hold a dataset written
     earlier by this function, which is replaced."""
-    from tqdm import tqdm
-
     out = Path(out)
     width, height = size
-    if num < 1:
-        raise ValueError(f"num must be at least 1, got {num}")
-    if not 0.0 <= test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    if width < 64 or height < 64:
-        raise ValueError(f"image size {width}x{height} is too small (min 64x64)")
+    check_request(num, test_fraction, width, height)
     prepare_out(out, overwrite, GENERATOR, LAYOUT, _written_files)
     dirs = {name: out / name for name in ("Vis", "Ir", "Annotations")}
     for d in [*dirs.values(), out / "ImageSets" / "Main"]:
         d.mkdir(parents=True, exist_ok=True)
-    digits = max(5, len(str(num - 1)))
     images, splits = [], {"train": [], "test": []}
-    for index in tqdm(range(num), desc="synth", unit="pair", disable=not progress):
-        image_id = f"{index:0{digits}d}"
+    for index, image_id in numbered(num, progress):
         scene = scene_for_index(seed, index, (width, height))
         (dirs["Vis"] / f"{image_id}.png").write_bytes(_png(scene.vis))
         (dirs["Ir"] / f"{image_id}.png").write_bytes(_png(scene.ir))
@@ -240,19 +230,19 @@ def generate_dataset(
     for name, ids in splits.items():
         text = "".join(f"{i}\n" for i in ids)
         (out / "ImageSets" / "Main" / f"{name}.txt").write_text(text, encoding="utf-8")
-    meta = {
-        "generator": GENERATOR,
-        "format_version": FORMAT_VERSION,
-        "seed": seed,
-        "num": num,
-        "size": [width, height],
-        "test_fraction": test_fraction,
-        "classes": list(CLASSES),
-        "conditions": list(CONDITIONS),
-        "box_format": "xyxy pixel edges, 0 <= x0 < x1 <= width",
-        "vis_threshold": VIS_THRESHOLD,
-        "ir_threshold": IR_THRESHOLD,
-        "images": images,
-    }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    write_meta(
+        out,
+        GENERATOR,
+        FORMAT_VERSION,
+        seed=seed,
+        num=num,
+        size=(width, height),
+        test_fraction=test_fraction,
+        images=images,
+        classes=list(CLASSES),
+        conditions=list(CONDITIONS),
+        box_format="xyxy pixel edges, 0 <= x0 < x1 <= width",
+        vis_threshold=VIS_THRESHOLD,
+        ir_threshold=IR_THRESHOLD,
+    )
     return out
