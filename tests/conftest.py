@@ -18,6 +18,25 @@ def _seed_torch():
     torch.manual_seed(0)
 
 
+# The longest test files, longest first. `--dist loadfile` hands files to its two workers
+# in collection order and queues a next file behind a worker's last few tests: collected
+# last, the two overfit files (several minutes each) ended up one after the other on one
+# worker while the other idled. Collected first, they run side by side.
+LONGEST_FIRST = (
+    "test_detection_overfit_rotated.py",
+    "test_detection_overfit.py",
+    "test_export_onnx.py",
+    "test_demo.py",
+    "test_benchmarks.py",
+    "test_engine_slow.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps the rest
+
+
 def pytest_configure(config):
     # Under pytest-xdist each worker is its own process: one intra-op thread per worker
     # keeps 2 workers on 2 cores from thrashing.

@@ -220,3 +220,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and "missing.yaml: config file not found" in capsys.readouterr().err
     code = main(["train", str(tmp_path / "missing.yaml"), "model.backbone.dept=3"])
     assert code == 2
+
+
+def test_experiment_takes_overrides_after_its_list_options(monkeypatch, tmp_path):
+    """`--seeds 0 1 model.x=...` must not read the override as a seed (argparse's list
+    options swallow what follows them)."""
+    import e2emfd.demo.experiment as experiment
+
+    calls = []
+    monkeypatch.setattr(
+        experiment, "run_modality_experiment", lambda *a, **k: calls.append((a, k)) or {}
+    )
+    monkeypatch.setattr(experiment, "results_markdown", lambda results: "")
+    argv = ["experiment", "modality", "--out", str(tmp_path / "x"), "--variants", "visible only"]
+    assert main([*argv, "--seeds", "3", "1", "model.init_from=a.pt", "seed=5"]) == 0
+    (out, seeds, _, _, variants, overrides, _), _ = calls[0]
+    assert seeds == [3, 1] and variants == ["visible only"]
+    assert overrides == ["model.init_from=a.pt", "seed=5"]
+    assert main([*argv, "--seeds", "x"]) == 2

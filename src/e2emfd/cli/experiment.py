@@ -36,7 +36,9 @@ def register(subparsers) -> None:
         "--config",
         help="base config (data, model, recipe); default: the demo model on synthetic scenes",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds (default 0 1)")
+    # strings, not ints: a list option would swallow the key=value overrides after it
+    # (`--seeds 0 1 model.x=1`); run() takes them back
+    parser.add_argument("--seeds", nargs="+", default=["0", "1"], help="seeds (default 0 1)")
     parser.add_argument(
         "--steps",
         type=int,
@@ -67,14 +69,29 @@ def run(args: argparse.Namespace) -> int:
     from e2emfd.engine.trainer import NonFiniteLossError
 
     output_folder(args.out)
+    overrides = list(args.overrides)
+    seeds = []
+    for value in args.seeds:
+        if "=" in value:
+            overrides.append(value)
+        elif value.lstrip("-").isdigit():
+            seeds.append(int(value))
+        else:
+            raise CommandError(f"--seeds: {value!r} is not an integer seed")
+    if not seeds:
+        raise CommandError("--seeds: no seed given")
+    variants = None
+    if args.variants:
+        variants = [v for v in args.variants if "=" not in v]
+        overrides += [v for v in args.variants if "=" in v]
     try:
         results = run_modality_experiment(
             args.out,
-            args.seeds,
+            seeds,
             args.steps,
             args.num_images,
-            args.variants,
-            list(args.overrides),
+            variants,
+            overrides,
             not args.no_progress,
             config=args.config,
             processes=args.processes,
