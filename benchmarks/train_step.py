@@ -1,6 +1,12 @@
 """Time and peak memory of a plain joint training step and of a GMTA step.
 
     python benchmarks/train_step.py [--device cpu|cuda] [--size 320x256] [--batch 2]
+    python benchmarks/train_step.py --train-crop 1.0 0.5   # the fusion task on crops
+
+With ``--train-crop``: instead, the plain joint step of the same model with the fusion
+head and loss trained on a random window of each side fraction (``model.fusion.
+train_crop``; 1.0 = whole images), timed in interleaved rounds so that a load change on
+the machine hits every setting alike; the ratio is to the first value.
 
 Targets (issue 6): a GMTA step at most 1.8x the time of a plain step, and at most the
 memory of a plain step plus three copies of the shared parameters. The model is the demo's
@@ -10,6 +16,7 @@ CPU-sized E2E-MFD (or `--m3fd` for the ResNet-50 M3FD configuration on a GPU).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -50,7 +57,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--m3fd", action="store_true", help="ResNet-50 M3FD configuration (GPU)")
+    parser.add_argument(
+        "--train-crop",
+        type=float,
+        nargs="+",
+        help="compare plain joint steps at these model.fusion.train_crop values",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (--train-crop)")
     args = parser.parse_args()
+    if args.train_crop:
+        compare_train_crops(args)
+        return
     device = torch.device(args.device)
     width, height = (int(v) for v in args.size.split("x"))
     if args.m3fd:
@@ -105,6 +122,49 @@ def main() -> None:
         f"shared parameters {mib(shared_bytes)}, torch {torch.__version__}"
     )
     print_table(["step", "ms", "images/s", "peak memory"], rows)
+
+
+def compare_train_crops(args: argparse.Namespace) -> None:
+    """Plain joint steps of the demo model at each ``train_crop``, in interleaved rounds."""
+    device = torch.device(args.device)
+    width, height = (int(v) for v in args.size.split("x"))
+    batch = synthetic_batch(args.batch, width, height, device)
+    steps = {}
+    for crop in args.train_crop:
+        torch.manual_seed(0)
+        cfg = load_config(None, [*DEMO_OVERRIDES, f"model.fusion.train_crop={crop}"])
+        model = build_model(cfg.model).to(device).train()
+
+        def run(model=model):
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(0)
+            out = model(batch)
+            sum(out["losses"].values()).backward()
+
+        steps[crop] = run
+    times: dict[float, list[float]] = {crop: [] for crop in args.train_crop}
+    for _ in range(args.rounds):
+        for crop, run in steps.items():
+            times[crop].append(median_seconds(run, device, repeats=args.repeats))
+    first = statistics.median(times[args.train_crop[0]])
+    rows = []
+    for crop, each in times.items():
+        seconds = statistics.median(each)
+        rows.append(
+            [
+                f"{crop:g}",
+                f"{seconds * 1000:.1f}",
+                " / ".join(f"{t * 1000:.0f}" for t in each),
+                f"{args.batch / seconds:.2f}",
+                f"{first / seconds:.2f}x",
+            ]
+        )
+    print(
+        f"# plain joint step by model.fusion.train_crop: {device_name(device)}, demo model, "
+        f"batch {args.batch}, {width}x{height}, {args.rounds} rounds x median of "
+        f"{args.repeats}, torch {torch.__version__}"
+    )
+    print_table(["train_crop", "ms", "each round ms", "images/s", "speed-up"], rows)
 
 
 if __name__ == "__main__":

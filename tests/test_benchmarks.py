@@ -35,6 +35,20 @@ def test_speed_table_on_cpu():
 def test_train_step_table_on_cpu():
     out = _run("train_step.py", "--device", "cpu", "--repeats", "1", "--size", "160x128")
     assert "GMTA / plain" in out and "shared copies" in out
+    crops = _run(
+        "train_step.py",
+        "--size",
+        "64x64",
+        "--repeats",
+        "1",
+        "--rounds",
+        "1",
+        "--train-crop",
+        "1.0",
+        "0.5",
+    )
+    rows = [line.split("|") for line in crops.splitlines() if line.startswith("| 0.5")]
+    assert len(rows) == 1 and rows[0][-2].strip().endswith("x")
 
 
 @pytest.mark.slow
