@@ -79,3 +79,18 @@ TINY_JOINT = [
     "train.log_every=1",
     "train.gmta_every=1",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_joint_run(synth_small, tmp_path_factory) -> Path:
+    """A run folder of the tiny joint model trained 2 steps on ``synth_small`` (checkpoint
+    at step 2), shared by the tests that need a trained model; copy it before changing it."""
+    from e2emfd.config import load_config
+    from e2emfd.engine.trainer import train
+
+    out = tmp_path_factory.mktemp("tiny_joint_run")
+    cfg = load_config(
+        None, TINY_JOINT + [f"data.root={synth_small}", f"output_dir={out}", "train.max_iters=2"]
+    )
+    train(cfg, progress=False)
+    return out

@@ -8,19 +8,13 @@ import cv2
 import pytest
 import torch
 
-from conftest import TINY_JOINT
 from e2emfd.cli.main import build_parser, main
 from e2emfd.config import load_config
-from e2emfd.engine.trainer import train
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(synth_small, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt")
-    cfg = load_config(
-        None, TINY_JOINT + [f"data.root={synth_small}", f"output_dir={out}", "train.max_iters=2"]
-    )
-    return train(cfg, progress=False).checkpoint
+@pytest.fixture
+def tiny_checkpoint(tiny_joint_run):
+    return tiny_joint_run / "checkpoint_last.pt"
 
 
 def _sizes(folder):
@@ -176,7 +170,6 @@ def test_eval_writes_metrics_json(synth_small, tiny_checkpoint, tmp_path, capsys
     assert {"AP", "AP50", "voc07_mAP50", "voc_mAP50", "per_class"} <= set(result["detection"])
     assert set(result["fusion"]) == {"python", "matlab"} and "VIF" in result["fusion"]["matlab"]
     # the classical methods scored on the same pairs, against an independent computation
-    from e2emfd.config import load_config
     from e2emfd.data import build_dataset, build_transforms
     from e2emfd.metrics.fusion import fusion_metrics, to_grey_levels
     from e2emfd.models.color import luminance, restore_color

@@ -20,7 +20,6 @@ from conftest import TINY_JOINT
 from e2emfd.cli.main import main
 from e2emfd.config import load_config
 from e2emfd.data.labels import parse_yolo_txt
-from e2emfd.engine.trainer import train
 from e2emfd.metrics.fusion import _fusion_metrics
 from e2emfd.models.e2emfd import E2EMFD
 
@@ -54,15 +53,10 @@ def run_args(synth_small, config_file):
     return ["train", str(config_file), "--no-progress", f"data.root={synth_small}", *TINY_JOINT]
 
 
-@pytest.fixture(scope="module")
-def finished_run(synth_small, tmp_path_factory) -> Path:
-    """A run folder of 2 steps with a checkpoint at step 2."""
-    out = tmp_path_factory.mktemp("run")
-    cfg = load_config(
-        None, TINY_JOINT + [f"data.root={synth_small}", f"output_dir={out}", "train.max_iters=2"]
-    )
-    train(cfg, progress=False)
-    return out
+@pytest.fixture
+def finished_run(tiny_joint_run) -> Path:
+    """A run folder of 2 steps with a checkpoint at step 2 (shared: copy it to change it)."""
+    return tiny_joint_run
 
 
 def _steps(path: Path) -> list[int]:
@@ -215,7 +209,7 @@ def test_cpu_engine_gives_nan_like_the_references_for_all_black_sources():
             assert math.isnan(qabf.item()), (convention, engine)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def checkpoint(finished_run) -> Path:
     return finished_run / "checkpoint_last.pt"
 
