@@ -26,6 +26,7 @@ LONGEST_FIRST = (
     "test_detection_overfit_rotated.py",
     "test_detection_overfit.py",
     "test_export_onnx.py",
+    "test_weights_msrs.py",
     "test_demo.py",
     "test_benchmarks.py",
     "test_engine_slow.py",

@@ -31,7 +31,8 @@ def _stated(metric: str) -> float:
 def test_shipped_checkpoint_is_small_and_inference_only():
     assert WEIGHTS.stat().st_size <= MAX_BYTES
     state = load_checkpoint(WEIGHTS)
-    assert set(state) == {"model", "config", "step"}  # no optimiser state to carry around
+    # weights, config and step; no training state to carry around
+    assert set(state) == {"format", "model", "config", "step"}
     assert state["config"]["model"]["detection"]["num_classes"] == 3
 
 

@@ -143,8 +143,9 @@ def format_result(result: dict) -> str:
     for conv, values in result.get("fusion", {}).items():
         rows = {"E2E-MFD": values, **result.get("fusion_baselines", {}).get(conv, {})}
         lines.append(f"fusion ({conv} convention)")
-        lines.append(f"  {'':<10}" + "".join(f"{k:>8}" for k in values))
+        # one space at least between columns, even for "undefined" or an MSE of 2684.432
+        lines.append(f"  {'':<10}" + "".join(f" {k:>9}" for k in values))
         for method, row in rows.items():
             shown = ("undefined" if row.get(k) is None else f"{row[k]:.3f}" for k in values)
-            lines.append(f"  {method:<10}" + "".join(f"{v:>8}" for v in shown))
+            lines.append(f"  {method:<10}" + "".join(f" {v:>9}" for v in shown))
     return "\n".join(lines)
