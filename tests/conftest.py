@@ -19,9 +19,10 @@ def _seed_torch():
 
 
 # The longest test files, longest first. `--dist loadfile` hands files to its two workers
-# in collection order and queues a next file behind a worker's last few tests: collected
-# last, the two overfit files (several minutes each) ended up one after the other on one
-# worker while the other idled. Collected first, they run side by side.
+# in collection order (with --no-loadscope-reorder, as `make test` runs it; by default it
+# sorts files by their number of tests, which put the one-test overfit files last, one after
+# the other on one worker while the other idled), and queues a next file behind a worker's
+# last few tests. Collected first, the long files run side by side.
 LONGEST_FIRST = (
     "test_detection_overfit_rotated.py",
     "test_detection_overfit.py",
