@@ -263,6 +263,34 @@ def test_fusion_window_is_exact_inside_its_margin():
                 assert not torch.allclose(bare, whole[..., top : top + h, left : left + w])
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_windowed_region_upsampling_is_the_whole_frame_result_cropped(align_corners):
+    # Reference: torch's whole-frame bilinear upsampling, then the window cut out of it.
+    import torch.nn.functional as F
+
+    cfg = FusionConfig(region_align_corners=align_corners)
+    head = ORPPTHead(cfg, in_channels=16)
+    gen = torch.Generator().manual_seed(3)
+    frames = [(96, 128, s) for s in (4, 8, 16, 32)] + [(50, 70, 8)]  # last: not a multiple
+    for height, width, stride in frames:
+        x = torch.randn(2, 5, -(-height // stride), -(-width // stride), generator=gen)
+        whole = F.interpolate(x, (height, width), mode="bilinear", align_corners=align_corners)
+        windows = [(0, 0, height, width), (0, 0, 1, 1), (height - 1, width - 1, height, width)]
+        for _ in range(40):
+            top, left = (int(torch.randint(0, n, (), generator=gen)) for n in (height, width))
+            bottom = int(torch.randint(top + 1, height + 1, (), generator=gen))
+            right = int(torch.randint(left + 1, width + 1, (), generator=gen))
+            windows.append((top, left, bottom, right))
+        for top, left, bottom, right in windows:
+            part = head.upsample(x, (height, width), (top, left, bottom, right))
+            # torch's CPU kernel rounds differently with the output's width (vector lanes),
+            # so equal up to float32 rounding; an interpolation off by one pixel is ~0.1
+            torch.testing.assert_close(
+                part, whole[..., top:bottom, left:right], rtol=1e-6, atol=2e-6
+            )
+        assert torch.equal(head.upsample(x, (height, width), None), whole)
+
+
 def test_fusion_loss_masks_of_a_window_are_the_whole_masks_cropped():
     from e2emfd.boxes import box_codec
 

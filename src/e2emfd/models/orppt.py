@@ -176,18 +176,56 @@ class ORPPTHead(nn.Module):
             nn.Conv2d(widths[-1], 2, 1),
         )
 
-    def regions_at(self, features: dict[str, Tensor], size: tuple[int, int]) -> Tensor | None:
-        """R (B, hidden, H, W): the region branches, reduced, upsampled and summed."""
+    def regions_at(
+        self,
+        features: dict[str, Tensor],
+        size: tuple[int, int],
+        window: tuple[int, int, int, int] | None = None,
+    ) -> Tensor | None:
+        """R (B, hidden, H, W): the region branches, reduced, upsampled and summed; with
+        ``window`` (top, left, bottom, right) only that part of the frame's R,
+        (B, hidden, bottom - top, right - left)."""
         if not self.levels:
             return None
         total = None
         for name, branch in zip(self.levels, self.regions):
             reduced = self.region_reduce(branch(features[name]))
-            up = F.interpolate(
-                reduced, size=size, mode="bilinear", align_corners=self.align_corners
-            )
+            up = self.upsample(reduced, size, window)
             total = up if total is None else total + up
         return F.relu(total + self.region_bias.view(1, -1, 1, 1))
+
+    def upsample(
+        self, x: Tensor, size: tuple[int, int], window: tuple[int, int, int, int] | None
+    ) -> Tensor:
+        """Bilinear upsampling of ``x`` to the frame ``size``, or to its ``window``.
+
+        Where the frame is a whole multiple of ``x`` (a padded frame and its pyramid) and
+        corners are not aligned, each output pixel reads at most the two input rows and
+        columns around ``(i + 0.5) / stride - 0.5``: upsampling only the input rows and
+        columns that the window reads, one more on each side so that nothing inside is
+        clamped, gives the window of the whole-frame result with the same interpolation
+        weights (equal up to float rounding), at a fraction of the cost (training on
+        crops, ``model.fusion.train_crop``).
+        """
+        h, w = x.shape[-2:]
+        sy, sx = size[0] // h, size[1] // w
+        whole = window is None or self.align_corners or (h * sy, w * sx) != tuple(size)
+        if whole:
+            up = F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
+            if window is None:
+                return up
+            top, left, bottom, right = window
+            return up[..., top:bottom, left:right]
+        top, left, bottom, right = window
+        r0, c0 = max(top // sy - 1, 0), max(left // sx - 1, 0)
+        r1, c1 = min(-(-bottom // sy) + 1, h), min(-(-right // sx) + 1, w)
+        up = F.interpolate(
+            x[..., r0:r1, c0:c1].contiguous(),
+            scale_factor=(float(sy), float(sx)),
+            mode="bilinear",
+            align_corners=False,
+        )
+        return up[..., top - r0 * sy : bottom - r0 * sy, left - c0 * sx : right - c0 * sx]
 
     @property
     def receptive_radius(self) -> int:
@@ -212,12 +250,10 @@ class ORPPTHead(nn.Module):
         resolution output (the pyramid is read whole, the regions upsampled to the full
         frame and cropped); all outputs are then (B, 1, bottom - top, right - left)."""
         size = (vis.shape[-2], vis.shape[-1])
-        regions = self.regions_at(features, size)
+        regions = self.regions_at(features, size, window)
         if window is not None:
             top, left, bottom, right = window
             vis, ir = vis[..., top:bottom, left:right], ir[..., top:bottom, left:right]
-            if regions is not None:
-                regions = regions[..., top:bottom, left:right]
         x0 = torch.cat([ir, vis], 1)
         pixels = self.pixel_proj(self.pixel(x0))
         gated = pixels if regions is None else pixels * hsigmoid(self.gate(regions)) + pixels
