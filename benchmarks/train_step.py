@@ -2,11 +2,15 @@
 
     python benchmarks/train_step.py [--device cpu|cuda] [--size 320x256] [--batch 2]
     python benchmarks/train_step.py --train-crop 1.0 0.5   # the fusion task on crops
+    python benchmarks/train_step.py --before-after         # the CPU step, issue 20
 
 With ``--train-crop``: instead, the plain joint step of the same model with the fusion
 head and loss trained on a random window of each side fraction (``model.fusion.
 train_crop``; 1.0 = whole images), timed in interleaved rounds so that a load change on
-the machine hits every setting alike; the ratio is to the first value.
+the machine hits every setting alike; the ratio is to the first value. ``--before-after``
+times the same way the step as it was before issue 20 (whole images, torchvision's RoIAlign
+backward) against each change alone and both (half-side crops, the sparse CPU backward of
+``e2emfd.ops.roi_align``).
 
 Targets (issue 6): a GMTA step at most 1.8x the time of a plain step, and at most the
 memory of a plain step plus three copies of the shared parameters. The model is the demo's
@@ -28,6 +32,7 @@ from e2emfd.config import load_config  # noqa: E402
 from e2emfd.demo.config import DEMO_OVERRIDES  # noqa: E402
 from e2emfd.models import build_model  # noqa: E402
 from e2emfd.mtl import TaskBalancer  # noqa: E402
+from e2emfd.ops import roi_align as roi_align_ops  # noqa: E402
 
 
 def synthetic_batch(batch: int, width: int, height: int, device: torch.device) -> dict:
@@ -63,10 +68,26 @@ def main() -> None:
         nargs="+",
         help="compare plain joint steps at these model.fusion.train_crop values",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (--train-crop)")
+    parser.add_argument(
+        "--before-after",
+        action="store_true",
+        help="the CPU step before issue 20 against its two changes, alone and together",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     args = parser.parse_args()
+    if args.before_after:
+        compare_steps(
+            args,
+            {
+                "before: whole images, torchvision backward": (1.0, False),
+                "whole images, sparse RoIAlign backward": (1.0, True),
+                "crops 0.5, torchvision backward": (0.5, False),
+                "after: crops 0.5, sparse RoIAlign backward": (0.5, True),
+            },
+        )
+        return
     if args.train_crop:
-        compare_train_crops(args)
+        compare_steps(args, {f"train_crop {crop:g}": (crop, True) for crop in args.train_crop})
         return
     device = torch.device(args.device)
     width, height = (int(v) for v in args.size.split("x"))
@@ -124,35 +145,38 @@ def main() -> None:
     print_table(["step", "ms", "images/s", "peak memory"], rows)
 
 
-def compare_train_crops(args: argparse.Namespace) -> None:
-    """Plain joint steps of the demo model at each ``train_crop``, in interleaved rounds."""
+def compare_steps(args: argparse.Namespace, variants: dict[str, tuple[float, bool]]) -> None:
+    """Plain joint steps of the demo model, one per variant ``name: (model.fusion.
+    train_crop, sparse CPU RoIAlign backward)``, in interleaved rounds."""
     device = torch.device(args.device)
     width, height = (int(v) for v in args.size.split("x"))
     batch = synthetic_batch(args.batch, width, height, device)
     steps = {}
-    for crop in args.train_crop:
+    for name, (crop, sparse) in variants.items():
         torch.manual_seed(0)
         cfg = load_config(None, [*DEMO_OVERRIDES, f"model.fusion.train_crop={crop}"])
         model = build_model(cfg.model).to(device).train()
 
-        def run(model=model):
+        def run(model=model, sparse=sparse):
+            roi_align_ops.SPARSE_CPU_BACKWARD = sparse
             model.zero_grad(set_to_none=True)
             torch.manual_seed(0)
             out = model(batch)
             sum(out["losses"].values()).backward()
 
-        steps[crop] = run
-    times: dict[float, list[float]] = {crop: [] for crop in args.train_crop}
+        steps[name] = run
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for crop, run in steps.items():
-            times[crop].append(median_seconds(run, device, repeats=args.repeats))
-    first = statistics.median(times[args.train_crop[0]])
+        for name, run in steps.items():
+            times[name].append(median_seconds(run, device, repeats=args.repeats))
+    roi_align_ops.SPARSE_CPU_BACKWARD = True
+    first = statistics.median(next(iter(times.values())))
     rows = []
-    for crop, each in times.items():
+    for name, each in times.items():
         seconds = statistics.median(each)
         rows.append(
             [
-                f"{crop:g}",
+                name,
                 f"{seconds * 1000:.1f}",
                 " / ".join(f"{t * 1000:.0f}" for t in each),
                 f"{args.batch / seconds:.2f}",
@@ -160,11 +184,11 @@ def compare_train_crops(args: argparse.Namespace) -> None:
             ]
         )
     print(
-        f"# plain joint step by model.fusion.train_crop: {device_name(device)}, demo model, "
-        f"batch {args.batch}, {width}x{height}, {args.rounds} rounds x median of "
-        f"{args.repeats}, torch {torch.__version__}"
+        f"# plain joint step: {device_name(device)}, demo model, batch {args.batch}, "
+        f"{width}x{height}, {args.rounds} rounds x median of {args.repeats}, "
+        f"torch {torch.__version__}"
     )
-    print_table(["train_crop", "ms", "each round ms", "images/s", "speed-up"], rows)
+    print_table(["step", "ms", "each round ms", "images/s", "speed-up"], rows)
 
 
 if __name__ == "__main__":

@@ -47,8 +47,18 @@ def test_train_step_table_on_cpu():
         "1.0",
         "0.5",
     )
-    rows = [line.split("|") for line in crops.splitlines() if line.startswith("| 0.5")]
+    rows = [line.split("|") for line in crops.splitlines() if line.startswith("| train_crop 0.5")]
     assert len(rows) == 1 and rows[0][-2].strip().endswith("x")
+    both = _run(
+        "train_step.py", "--size", "64x64", "--repeats", "1", "--rounds", "1", "--before-after"
+    )
+    names = [line.split("|")[1].strip() for line in both.splitlines() if line.startswith("| ")]
+    assert names[1:] == [
+        "before: whole images, torchvision backward",
+        "whole images, sparse RoIAlign backward",
+        "crops 0.5, torchvision backward",
+        "after: crops 0.5, sparse RoIAlign backward",
+    ]
 
 
 @pytest.mark.slow

@@ -11,9 +11,10 @@ import math
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_convert, box_iou, generalized_box_iou, roi_align
+from torchvision.ops import batched_nms, box_convert, box_iou, generalized_box_iou
 
 from e2emfd.config import DetectionConfig
+from e2emfd.ops.roi_align import aligned_sample_points, roi_align
 
 from .base import BoxCodec
 
@@ -147,22 +148,10 @@ class AxisAlignedBoxes(BoxCodec):
     # pooling
     def roi_align(self, feature, rois, output_size, spatial_scale, sampling_ratio) -> Tensor:
         # float32 sampling: bf16 box coordinates would be off by pixels
-        return roi_align(
-            feature.float(),
-            rois,
-            output_size,
-            spatial_scale=spatial_scale,
-            sampling_ratio=sampling_ratio,
-            aligned=True,
-        )
+        return roi_align(feature.float(), rois, output_size, spatial_scale, sampling_ratio)
 
     def sample_points(self, boxes: Tensor, output_size: int, ratio: int) -> tuple[Tensor, Tensor]:
-        # torchvision's aligned RoIAlign: sample q of bin j at (j + (q + 0.5) / ratio) bins
-        steps = output_size * ratio
-        frac = (torch.arange(steps, device=boxes.device, dtype=boxes.dtype) + 0.5) / steps
-        x = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * frac
-        y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * frac
-        return x[:, None, :], y[:, :, None]
+        return aligned_sample_points(boxes, output_size, ratio)
 
     # matching cost
     def l1_cost(self, boxes: Tensor, gt: Tensor, scale: Tensor) -> Tensor:

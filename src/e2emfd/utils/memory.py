@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import weakref
 
+import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -27,11 +28,16 @@ class LiveBytes(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         out = func(*args, **(kwargs or {}))
         for t in tree_flatten(out)[0]:
-            if isinstance(t, Tensor):
-                storage = t.untyped_storage()
-                if storage._cdata not in self.live:
-                    self.live.add(storage._cdata)
-                    self.current += storage.nbytes()
-                    self.peak = max(self.peak, self.current)
-                    weakref.finalize(storage, self._release, storage._cdata, storage.nbytes())
+            if not isinstance(t, Tensor):
+                continue
+            # a sparse COO tensor has no storage of its own: count its indices and values
+            parts = (t._indices(), t._values()) if t.layout == torch.sparse_coo else (t,)
+            for part in parts:
+                storage = part.untyped_storage()
+                if storage._cdata in self.live:
+                    continue
+                self.live.add(storage._cdata)
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+                weakref.finalize(storage, self._release, storage._cdata, storage.nbytes())
         return out

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from e2emfd.boxes import BoxCodec
+from e2emfd.ops.roi_align import bilinear_neighbours
 
 
 def assign_levels(
@@ -133,8 +134,8 @@ class MultiLevelRoIAlign(nn.Module):
         x, y = self.codec.sample_points(boxes, s, g)
         fx, fy = x * scale - 0.5, y * scale - 0.5
         inside = ((fx >= -1) & (fx <= width) & (fy >= -1) & (fy <= height)).to(dtype)
-        rows = _neighbours(fy.clamp(min=0), height)
-        cols = _neighbours(fx.clamp(min=0), width)
+        rows = bilinear_neighbours(fy.clamp(min=0), height)
+        cols = bilinear_neighbours(fx.clamp(min=0), width)
         image = (torch.arange(k, device=device) // per_image)[:, None]
         out = None
         for row, wy in rows:
@@ -157,14 +158,3 @@ def flatten_pyramid(features: list[Tensor]) -> FlatPyramid:
         shapes.append((f.shape[-2], f.shape[-1], offset))
         offset += f.shape[-2] * f.shape[-1]
     return FlatPyramid(torch.cat([f.flatten(2).transpose(1, 2) for f in features], 1), shapes)
-
-
-def _neighbours(pos: Tensor, size: Tensor) -> tuple[tuple[Tensor, Tensor], ...]:
-    """The two pixels (index, bilinear weight) around each position >= 0 along one axis of
-    a map ``size`` pixels long; past the last pixel centre both are the last pixel."""
-    low = pos.floor()
-    at_end = low >= size - 1
-    low = torch.where(at_end, size - 1, low)
-    frac = torch.where(at_end, torch.zeros_like(pos), pos - low)
-    high = torch.where(at_end, low, low + 1)
-    return (low.long(), 1 - frac), (high.long(), frac)
