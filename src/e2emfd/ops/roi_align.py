@@ -3,8 +3,8 @@ the CPU, and the sampling rule it shares with the gather pooling of the detectio
 
 torchvision's CPU backward recomputes every sample's bilinear weights for every channel and
 adds them one value at a time; written as the transpose of the pooling's sparse linear map
-(each output bin is a fixed combination of at most ``4 * ratio**2`` feature pixels), the
-same gradient is one sparse-dense product over channel-last rows, 3-5x faster at the demo's
+(each bilinear sample a fixed combination of at most 4 feature pixels), the same gradient
+is one sparse-dense product over channel-last rows, several times faster at the demo's
 sizes (``benchmarks/RESULTS.md``). On CUDA torchvision's own kernels are used both ways.
 """
 
@@ -15,7 +15,10 @@ from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
 
 # False: torchvision's backward on the CPU too (``benchmarks/train_step.py --before-after``
-# times both).
+# times both). Under torch.distributed torchvision's backward is always used: with the
+# sparse one, two DDP processes drifted from one process (gradient norm 1e-4 apart after
+# one plain step, ``tests/test_engine_slow.py``), which one process alone does not do
+# against torchvision; the cause is not found yet.
 SPARSE_CPU_BACKWARD = True
 
 
@@ -40,38 +43,43 @@ def bilinear_neighbours(pos: Tensor, size: Tensor | float) -> tuple[tuple[Tensor
     return (low.long(), 1 - frac), (high.long(), frac)
 
 
-def pooling_matrix(
+def sampling_matrix(
     rois: Tensor, shape: torch.Size, output_size: int, spatial_scale: float, ratio: int
 ) -> Tensor:
-    """The sparse (B * H * W, K * S * S) map whose transpose is aligned RoIAlign: column
-    ``k * S * S + bin`` holds the weights of the feature pixels (row ``(b * H + y) * W + x``)
-    that bin ``bin`` of roi ``k`` averages. rois (K, 5) [batch index, x1, y1, x2, y2]."""
+    """The sparse (B * H * W, K * (S * ratio) ** 2) map of aligned RoIAlign's bilinear
+    samples: column ``(k * S * ratio + i) * S * ratio + j`` (sample row i, column j of roi k)
+    holds the weights of the feature pixels (row ``(b * H + y) * W + x``) it reads; a bin
+    is the mean of its ``ratio ** 2`` samples. rois (K, 5) [batch index, x1, y1, x2, y2].
+
+    Each column has its own four entries (two coincide only where the sample is clamped to
+    the last pixel, and then one of them weighs exactly 0), so the product sums every
+    pixel's samples in column order: the same sums, whatever other images share the batch.
+    """
     batch, _, height, width = shape
-    k, s, device = rois.shape[0], output_size, rois.device
-    x, y = aligned_sample_points(rois[:, 1:].float(), s, ratio)
+    k, steps = rois.shape[0], output_size * ratio
+    x, y = aligned_sample_points(rois[:, 1:].float(), output_size, ratio)
     fx, fy = x * spatial_scale - 0.5, y * spatial_scale - 0.5
     # torchvision: a sample more than one pixel outside the map reads 0
-    inside = ((fx >= -1) & (fx <= width) & (fy >= -1) & (fy <= height)).float() / ratio**2
+    inside = ((fx >= -1) & (fx <= width) & (fy >= -1) & (fy <= height)).float()
     image = rois[:, 0].long()[:, None, None]
-    bin_of = torch.arange(s * ratio, device=device) // ratio
-    bins = (torch.arange(k, device=device)[:, None, None] * s + bin_of[:, None]) * s + bin_of
-    pixels, columns, weights = [], [], []
+    columns = torch.arange(k * steps * steps, device=rois.device).view(k, steps, steps)
+    pixels, weights = [], []
     for row, wy in bilinear_neighbours(fy.clamp(min=0), float(height)):
         for col, wx in bilinear_neighbours(fx.clamp(min=0), float(width)):
-            pixels.append(((image * height + row) * width + col).expand_as(bins))
-            columns.append(bins)
-            weights.append((wy * wx * inside).expand_as(bins))
-    indices = torch.stack([torch.stack(pixels).reshape(-1), torch.stack(columns).reshape(-1)])
+            pixels.append(((image * height + row) * width + col).expand_as(columns))
+            weights.append((wy * wx * inside).expand_as(columns))
+    indices = torch.stack([torch.stack(pixels).reshape(-1), columns.reshape(-1).repeat(4)])
     return torch.sparse_coo_tensor(
         indices,
         torch.stack(weights).reshape(-1),
-        (batch * height * width, k * s * s),
+        (batch * height * width, k * steps * steps),
         check_invariants=False,
     )
 
 
 class _RoIAlignSparseGrad(torch.autograd.Function):
-    """torchvision's RoIAlign forward; the feature gradient as ``pooling_matrix @ grad``."""
+    """torchvision's RoIAlign forward; the feature gradient as ``sampling_matrix @ grad``
+    with each bin's gradient shared out equally to its samples."""
 
     @staticmethod
     def forward(ctx, feature, rois, output_size, spatial_scale, ratio):
@@ -83,9 +91,11 @@ class _RoIAlignSparseGrad(torch.autograd.Function):
     def backward(ctx, grad):
         (rois,) = ctx.saved_tensors
         batch, channels, height, width = ctx.shape
-        matrix = pooling_matrix(rois, ctx.shape, *ctx.args).to(grad.dtype)
-        rows = grad.permute(0, 2, 3, 1).reshape(-1, channels)  # (K * S * S, C)
-        pixels = torch.sparse.mm(matrix, rows)  # (B * H * W, C)
+        ratio = ctx.args[2]
+        matrix = sampling_matrix(rois, ctx.shape, *ctx.args).to(grad.dtype)
+        per_sample = (grad / ratio**2).permute(0, 2, 3, 1)  # (K, S, S, C)
+        per_sample = per_sample.repeat_interleave(ratio, 1).repeat_interleave(ratio, 2)
+        pixels = torch.sparse.mm(matrix, per_sample.reshape(-1, channels))  # (B * H * W, C)
         feature_grad = pixels.view(batch, height, width, channels).permute(0, 3, 1, 2)
         return feature_grad, None, None, None, None
 
@@ -95,7 +105,8 @@ def roi_align(
 ) -> Tensor:
     """``torchvision.ops.roi_align(..., aligned=True)`` of (B, C, H, W) ``feature`` over
     (K, 5) ``rois``, with the sparse backward on the CPU. Returns (K, C, S, S)."""
-    sparse = SPARSE_CPU_BACKWARD and not feature.is_cuda
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    sparse = SPARSE_CPU_BACKWARD and not feature.is_cuda and not distributed
     if not (sparse and torch.is_grad_enabled() and feature.requires_grad):
         return tv_roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned=True)
     if sampling_ratio < 1:
@@ -105,4 +116,4 @@ def roi_align(
     return _RoIAlignSparseGrad.apply(feature, rois, output_size, spatial_scale, sampling_ratio)
 
 
-__all__ = ["aligned_sample_points", "bilinear_neighbours", "pooling_matrix", "roi_align"]
+__all__ = ["aligned_sample_points", "bilinear_neighbours", "roi_align", "sampling_matrix"]
