@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from e2emfd.cli.eval_fusion import single_threaded_children
+from e2emfd.cli.threads import single_threaded_children
 from e2emfd.metrics.fusion import fusion_metrics, load_grey
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tno42"

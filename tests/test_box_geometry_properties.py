@@ -28,9 +28,9 @@ from e2emfd.metrics.voc import voc_evaluate
 from e2emfd.ops.rotated import (
     paired_rotated_box_iou,
     paired_rotated_giou,
-    rotated_batched_nms,
     rotated_box_iou,
 )
+from e2emfd.ops.rotated_nms import rotated_batched_nms
 
 # ----------------------------------------------------------------------- the four cases
 

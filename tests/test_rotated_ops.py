@@ -21,13 +21,12 @@ from e2emfd.ops.rotated import (
     paired_rotated_box_iou,
     paired_rotated_giou,
     poly_to_obb,
-    rotated_batched_nms,
     rotated_box_iou,
     rotated_box_mask,
-    rotated_nms,
     rotated_roi_align,
     scale_obb,
 )
+from e2emfd.ops.rotated_nms import rotated_batched_nms, rotated_nms
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,6 @@ wrong type are errors that name the key (and the closest valid key, when there i
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +15,9 @@ from typing import Any
 
 import yaml
 
+from e2emfd.config_types import ConfigError, build_dataclass, unknown_key
+
 M3FD_CLASSES = ["People", "Car", "Bus", "Lamp", "Motorcycle", "Truck"]
-
-
-class ConfigError(ValueError):
-    """A configuration file or override is invalid; the message names the key."""
 
 
 @dataclass
@@ -187,82 +183,6 @@ class Config:
 # Loading, overriding and saving
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"{key}: expected a mapping of {_type_name(tp)} fields, got {value!r}"
-            )
-        return _build(tp, value, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_tp, *_) = typing.get_args(tp) or (Any,)
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            # YAML 1.1 reads "1e-3" (no dot) as a string; accept any float literal.
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {tp!r}")
-
-
-def _unknown_key(cls: type, name: str, prefix: str) -> ConfigError:
-    names = [f.name for f in dataclasses.fields(cls)]
-    close = difflib.get_close_matches(name, names, n=1)
-    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{prefix}{name}'{hint}")
-
-
-def _build(cls: type, values: dict, prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for name, value in values.items():
-        if name not in known:
-            raise _unknown_key(cls, name, prefix)
-        kwargs[name] = _coerce(value, hints[name], prefix + name)
-    return cls(**kwargs)
-
-
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
@@ -298,7 +218,7 @@ def _validate_path(path: list[str]) -> None:
         if not dataclasses.is_dataclass(cls):
             raise ConfigError(f"'{'.'.join(path[:i])}' is a value, not a section")
         if part not in {f.name for f in dataclasses.fields(cls)}:
-            raise _unknown_key(cls, part, "".join(p + "." for p in path[:i]))
+            raise unknown_key(cls, part, "".join(p + "." for p in path[:i]))
         cls = typing.get_type_hints(cls)[part]
 
 
@@ -380,7 +300,7 @@ def load_config(
         key = MOVED_KEYS.get(dotted, dotted).split(".")
         _validate_path(key)
         values = _merge(values, _nest(key, value))
-    return validate_config(_build(Config, values))
+    return validate_config(build_dataclass(Config, values))
 
 
 def _load_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict:
@@ -417,7 +337,7 @@ def config_from_dict(values: dict) -> Config:
     """A config from its dict form (e.g. a checkpoint's), keys of earlier versions mapped."""
     import copy
 
-    return validate_config(_build(Config, _upgrade(copy.deepcopy(values), "config")))
+    return validate_config(build_dataclass(Config, _upgrade(copy.deepcopy(values), "config")))
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

@@ -20,12 +20,12 @@ from e2emfd.config import DetectionConfig
 from e2emfd.ops.rotated import (
     hflip_obb,
     normalize_le90,
-    rotated_batched_nms,
     rotated_box_iou,
     rotated_box_mask,
     rotated_roi_align,
     scale_obb,
 )
+from e2emfd.ops.rotated_nms import rotated_batched_nms
 from e2emfd.ops.rotated_roi_align import rotated_sample_points
 
 from .axis_aligned import DELTA_SCALE_CLAMP

@@ -4,12 +4,17 @@ infrared and visible sources, in the CDDFuse-python or Tang-MATLAB convention.""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
 from pathlib import Path
 
 from e2emfd.cli.main import CommandError
+from e2emfd.cli.threads import (
+    cpu_cores,
+    single_threaded,
+    single_threaded_children,
+    single_threaded_worker,
+    torch_threads,
+)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -192,79 +197,6 @@ def _evaluate_pair(pair, convention: str, names) -> tuple[str, dict[str, float]]
     return stem, {n: values[n].item() for n in names}
 
 
-def _cpu_cores() -> int:
-    """CPU cores this process may use (its affinity where the platform tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-_THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@contextlib.contextmanager
-def single_threaded_children():
-    """Processes spawned inside this block start their BLAS and OpenMP pools with one
-    thread (they read these variables at import): one pool per core in every worker would
-    only compete for the cores."""
-    saved = {k: os.environ.get(k) for k in _THREAD_LIMITS}
-    os.environ.update({k: "1" for k in _THREAD_LIMITS})
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
-def single_threaded(torch_threads: int = 1):
-    """One BLAS, OpenMP and OpenCV thread in this process inside the block (and
-    ``torch_threads`` torch threads). The metrics of a pair are many small calls: more
-    threads only spin, and on a busy machine pools that spin against other jobs made the
-    command 25x slower (194 s instead of 7.8 s for 42 tno42 pairs, one process)."""
-    import cv2
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    saved = torch.get_num_threads(), cv2.getNumThreads()
-    torch.set_num_threads(torch_threads)
-    cv2.setNumThreads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(saved[0])
-        cv2.setNumThreads(saved[1])
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None):
-    """``threads`` torch threads inside the block (None: leave them)."""
-    import torch
-
-    saved = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
-def _single_threaded_worker() -> None:
-    """:func:`single_threaded`, for a worker process's whole life."""
-    import cv2
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
-    cv2.setNumThreads(1)
-    threadpool_limits(limits=1)
-
-
 # What a worker runs: loaded once by the fork server (the metrics load torch lazily).
 _WORKER_MODULES = (
     "cv2",
@@ -313,7 +245,7 @@ def _evaluate(pairs, convention, names, device, *, workers, context, threads, ba
                     stem, per_image[stem] = _evaluate_pair(pair, convention, names)
                     bar.update(1)
         else:
-            with _torch_threads(threads):
+            with torch_threads(threads):
                 for batch in _batches(pairs, batch_size):
                     per_image.update(_evaluate_batch(batch, convention, names, device))
                     bar.update(len(batch))
@@ -327,7 +259,7 @@ def _run_in_pool(context, workers, per_image, pairs, convention, names, progress
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     order = sorted(pairs, key=lambda p: -_pixels(p[1]))
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_single_threaded_worker)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=single_threaded_worker)
     # Spawned processes (where there is no fork server) read the limits when they start.
     with single_threaded_children(), pool:
         jobs = [pool.submit(_evaluate_pair, pair, convention, names) for pair in order]
@@ -362,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--threads must be positive, got {args.threads}")
     if args.workers is not None and args.workers < 1:
         raise CommandError(f"--workers must be positive, got {args.workers}")
-    wanted = args.workers or _cpu_cores()
+    wanted = args.workers or cpu_cores()
     # Workers are started first, so that they load the metrics while this process pairs
     # the files; for the CPU this process does not load torch at all.
     context = _worker_context() if args.device == "cpu" and wanted > 1 else None

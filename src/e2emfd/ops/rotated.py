@@ -42,10 +42,9 @@ __all__ = [
     "paired_rotated_giou",
     "poly_to_obb",
     "polygon_area",
-    "rotated_batched_nms",
+    "hbb_overlap_pairs",
     "rotated_box_iou",
     "rotated_box_mask",
-    "rotated_nms",
     "rotated_roi_align",
     "scale_obb",
 ]
@@ -328,7 +327,7 @@ def paired_rotated_giou(a: Tensor, b: Tensor) -> Tensor:
     return giou.to(dtype if dtype.is_floating_point else torch.float32)
 
 
-def _hbb_overlap_pairs(a: Tensor, b: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def hbb_overlap_pairs(a: Tensor, b: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Index pairs (i, j) whose axis-aligned hulls overlap with positive area: only those can
     have a positive rotated IoU. ``keep(rows, cols)`` may veto pairs; blocks of rows bound
     the memory."""
@@ -365,61 +364,7 @@ def rotated_box_iou(a: Tensor, b: Tensor) -> Tensor:
     out = a64.new_zeros(a.shape[0], b.shape[0])
     if out.numel() == 0:
         return out.to(dtype)
-    i, j = _hbb_overlap_pairs(a64, b64)
+    i, j = hbb_overlap_pairs(a64, b64)
     if i.numel():
         out = out.index_put((i, j), paired_rotated_box_iou(a64[i], b64[j]))
     return out.to(dtype)
-
-
-# ------------------------------------------------------------------------------------ NMS
-
-
-def rotated_batched_nms(
-    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float
-) -> Tensor:
-    """Greedy NMS of rotated boxes within each group, like torchvision's ``batched_nms``.
-
-    boxes (N, 5), scores (N,), idxs (N,) int group (e.g. class) of each box. A box is
-    removed when a higher-scoring kept box of its group overlaps it with IoU >
-    ``iou_threshold``. Returns the kept indices (int64) by decreasing score (ties: input
-    order).
-
-    Only pairs in one group whose axis-aligned hulls overlap get a polygon IoU. The greedy
-    pass is solved as a fixed point: "kept = not suppressed by a kept box ranked higher"
-    determines box k from boxes 0..k-1 only, so iterating it from "all kept" fixes at
-    least one more box per round and stops at the greedy answer.
-    """
-    _check_boxes(boxes, "boxes")
-    if scores.shape != (boxes.shape[0],) or idxs.shape != (boxes.shape[0],):
-        raise ValueError(
-            f"scores {tuple(scores.shape)} and idxs {tuple(idxs.shape)} must be ({len(boxes)},)"
-        )
-    n = boxes.shape[0]
-    if n == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    ranked = boxes[order].double()
-    groups = idxs[order]
-
-    def same_group_later(rows: Tensor) -> Tensor:
-        cols = torch.arange(n, device=boxes.device)
-        return (groups[rows, None] == groups[None, :]) & (cols[None, :] > rows[:, None])
-
-    i, j = _hbb_overlap_pairs(ranked, ranked, same_group_later)
-    over = paired_rotated_box_iou(ranked[i], ranked[j]) > iou_threshold
-    i, j = i[over], j[over]
-    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
-    while True:
-        suppressed = torch.zeros_like(keep)
-        suppressed[j[keep[i]]] = True
-        new_keep = ~suppressed
-        if torch.equal(new_keep, keep):
-            break
-        keep = new_keep
-    return order[keep]
-
-
-def rotated_nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy rotated NMS over all boxes (N, 5); see :func:`rotated_batched_nms`."""
-    idxs = torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
-    return rotated_batched_nms(boxes, scores, idxs, iou_threshold)

@@ -17,7 +17,7 @@ from e2emfd.synth.aerial_background import (
     render_ground,
 )
 from e2emfd.synth.background import smooth_noise
-from e2emfd.synth.shapes import (
+from e2emfd.synth.palettes import (
     BULB_EMIT,
     BUS_BODY,
     CAR_BODY,

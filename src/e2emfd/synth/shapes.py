@@ -14,6 +14,30 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from e2emfd.synth.palettes import (
+    BULB_EMIT,
+    BUS_BODY,
+    CABIN_EMIT,
+    CAR_BODY,
+    GLASS,
+    HEAD_EMIT,
+    HEADLIGHT,
+    HELMET,
+    HUB,
+    JACKET,
+    MOTO_BODY,
+    POLE,
+    RGB,
+    SHIRTS,
+    SKIN,
+    TAIL_EMIT,
+    TAILLIGHT,
+    TROUSERS,
+    TRUCK_CAB,
+    TRUCK_CARGO,
+    TYRE,
+)
+
 CLASSES = ("People", "Car", "Bus", "Lamp", "Motorcycle", "Truck")
 
 # Box size (width, height) as a fraction of the image height for an object standing at
@@ -27,8 +51,6 @@ BASE_SIZE = {
     "Motorcycle": (0.16, 0.16),
     "Truck": (0.38, 0.23),
 }
-
-RGB = tuple[float, float, float]
 
 
 class Part(NamedTuple):
@@ -48,53 +70,6 @@ class Part(NamedTuple):
     ir_rel: bool = False
     emit: RGB | None = None
 
-
-SHIRTS = [
-    (0.80, 0.15, 0.15),
-    (0.15, 0.30, 0.80),
-    (0.15, 0.60, 0.25),
-    (0.90, 0.80, 0.20),
-    (0.92, 0.92, 0.90),
-    (0.08, 0.08, 0.10),
-    (0.95, 0.50, 0.10),
-    (0.55, 0.20, 0.60),
-    (0.10, 0.60, 0.65),
-]
-TROUSERS = [(0.10, 0.15, 0.35), (0.07, 0.07, 0.08), (0.60, 0.55, 0.40), (0.35, 0.22, 0.12)]
-SKIN = [(0.95, 0.78, 0.65), (0.80, 0.60, 0.45), (0.55, 0.38, 0.25), (0.35, 0.24, 0.16)]
-CAR_BODY = [
-    (0.93, 0.93, 0.93),
-    (0.72, 0.74, 0.76),
-    (0.06, 0.06, 0.07),
-    (0.75, 0.08, 0.08),
-    (0.10, 0.22, 0.65),
-    (0.18, 0.19, 0.21),
-    (0.80, 0.72, 0.55),
-    (0.10, 0.40, 0.20),
-]
-BUS_BODY = [
-    (0.95, 0.78, 0.08),
-    (0.80, 0.12, 0.10),
-    (0.12, 0.35, 0.75),
-    (0.15, 0.55, 0.25),
-    (0.94, 0.94, 0.92),
-]
-TRUCK_CAB = [(0.80, 0.10, 0.10), (0.93, 0.93, 0.93), (0.10, 0.25, 0.70), (0.10, 0.45, 0.20)]
-TRUCK_CARGO = [(0.95, 0.95, 0.95), (0.75, 0.77, 0.78), (0.95, 0.50, 0.08), (0.20, 0.35, 0.70)]
-MOTO_BODY = [(0.06, 0.06, 0.07), (0.80, 0.10, 0.10), (0.10, 0.25, 0.75), (0.70, 0.72, 0.74)]
-JACKET = [(0.06, 0.06, 0.07), (0.40, 0.22, 0.10), (0.75, 0.12, 0.12), (0.20, 0.30, 0.55)]
-HELMET = [(0.95, 0.95, 0.95), (0.05, 0.05, 0.05), (0.85, 0.12, 0.12), (0.95, 0.85, 0.10)]
-POLE = [(0.55, 0.56, 0.58), (0.30, 0.32, 0.34), (0.18, 0.30, 0.22)]
-
-TYRE: RGB = (0.05, 0.05, 0.05)
-HUB: RGB = (0.60, 0.60, 0.62)
-GLASS: RGB = (0.12, 0.16, 0.22)
-HEADLIGHT: RGB = (0.92, 0.92, 0.85)
-TAILLIGHT: RGB = (0.70, 0.05, 0.05)
-HEAD_EMIT: RGB = (1.6, 1.55, 1.35)
-TAIL_EMIT: RGB = (1.2, 0.15, 0.10)
-BULB_EMIT: RGB = (2.2, 2.0, 1.5)
-CABIN_EMIT: RGB = (0.50, 0.44, 0.26)
 
 # Thermal values (relative to the ground temperature). People: skin ~+0.35, clothed
 # torso/legs ~+0.25. Running vehicles: engine, exhaust and tyres hot, body slightly
