@@ -28,7 +28,7 @@ DEMO_OVERRIDES = [
     "model.fusion.pixel_channels=4",
     "model.fusion.hidden=16",
     # The fusion head's full-resolution part and its loss on a random window of half the
-    # side: 1.59x faster joint steps on a CPU; the modality experiment's 2000-step E2E-MFD
+    # side: about 1.5x faster joint steps on a CPU; the modality experiment's 2000-step E2E-MFD
     # AP50 stays within its seed spread (0.709 for seed 0, against 0.714 +- 0.043).
     "model.fusion.train_crop=0.5",
     "model.detection.hidden=64",
