@@ -43,6 +43,17 @@ def bilinear_neighbours(pos: Tensor, size: Tensor | float) -> tuple[tuple[Tensor
     return (low.long(), 1 - frac), (high.long(), frac)
 
 
+def bilinear_taps(fx: Tensor, fy: Tensor, height, width):
+    """The four ``(row, col, weight)`` pixels that torchvision's aligned bilinear sampling
+    reads at feature coordinates (fx, fy) of a ``height`` x ``width`` map (numbers, or
+    tensors that broadcast): a sample more than one pixel outside the map reads 0, one
+    closer reads the border."""
+    inside = ((fx >= -1) & (fx <= width) & (fy >= -1) & (fy <= height)).to(fx.dtype)
+    for row, wy in bilinear_neighbours(fy.clamp(min=0), height):
+        for col, wx in bilinear_neighbours(fx.clamp(min=0), width):
+            yield row, col, wy * wx * inside
+
+
 def sampling_matrix(
     rois: Tensor, shape: torch.Size, output_size: int, spatial_scale: float, ratio: int
 ) -> Tensor:
@@ -59,15 +70,12 @@ def sampling_matrix(
     k, steps = rois.shape[0], output_size * ratio
     x, y = aligned_sample_points(rois[:, 1:].float(), output_size, ratio)
     fx, fy = x * spatial_scale - 0.5, y * spatial_scale - 0.5
-    # torchvision: a sample more than one pixel outside the map reads 0
-    inside = ((fx >= -1) & (fx <= width) & (fy >= -1) & (fy <= height)).float()
     image = rois[:, 0].long()[:, None, None]
     columns = torch.arange(k * steps * steps, device=rois.device).view(k, steps, steps)
     pixels, weights = [], []
-    for row, wy in bilinear_neighbours(fy.clamp(min=0), float(height)):
-        for col, wx in bilinear_neighbours(fx.clamp(min=0), float(width)):
-            pixels.append(((image * height + row) * width + col).expand_as(columns))
-            weights.append((wy * wx * inside).expand_as(columns))
+    for row, col, weight in bilinear_taps(fx, fy, float(height), float(width)):
+        pixels.append(((image * height + row) * width + col).expand_as(columns))
+        weights.append(weight.expand_as(columns))
     indices = torch.stack([torch.stack(pixels).reshape(-1), columns.reshape(-1).repeat(4)])
     return torch.sparse_coo_tensor(
         indices,
@@ -116,4 +124,10 @@ def roi_align(
     return _RoIAlignSparseGrad.apply(feature, rois, output_size, spatial_scale, sampling_ratio)
 
 
-__all__ = ["aligned_sample_points", "bilinear_neighbours", "roi_align", "sampling_matrix"]
+__all__ = [
+    "aligned_sample_points",
+    "bilinear_neighbours",
+    "bilinear_taps",
+    "roi_align",
+    "sampling_matrix",
+]

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from e2emfd.boxes import BoxCodec
-from e2emfd.ops.roi_align import bilinear_neighbours
+from e2emfd.ops.roi_align import bilinear_taps
 
 
 def assign_levels(
@@ -133,18 +133,13 @@ class MultiLevelRoIAlign(nn.Module):
         first = table[:, 3, None, None].long()
         x, y = self.codec.sample_points(boxes, s, g)
         fx, fy = x * scale - 0.5, y * scale - 0.5
-        inside = ((fx >= -1) & (fx <= width) & (fy >= -1) & (fy <= height)).to(dtype)
-        rows = bilinear_neighbours(fy.clamp(min=0), height)
-        cols = bilinear_neighbours(fx.clamp(min=0), width)
         image = (torch.arange(k, device=device) // per_image)[:, None]
         out = None
-        for row, wy in rows:
-            for col, wx in cols:
-                index = (first + row * width.long() + col).expand(k, s * g, s * g)
-                weight = (wy * wx * inside).expand(k, s * g, s * g)
-                term = pyramid.pixels[image, index.reshape(k, -1)]
-                term = term * weight.reshape(k, -1, 1).to(term.dtype)
-                out = term if out is None else out + term
+        for row, col, weight in bilinear_taps(fx, fy, height, width):
+            index = (first + row * width.long() + col).expand(k, s * g, s * g)
+            term = pyramid.pixels[image, index.reshape(k, -1)]
+            term = term * weight.expand(k, s * g, s * g).reshape(k, -1, 1).to(term.dtype)
+            out = term if out is None else out + term
         channels = pyramid.pixels.shape[-1]
         # the mean of each bin's g x g samples, channel-first like torchvision's output
         return out.view(k, s, g, s, g, channels).mean((2, 4)).permute(0, 3, 1, 2)
