@@ -326,3 +326,15 @@ def test_training_on_fusion_windows_reaches_every_fusion_parameter():
     assert window[0] == max(0, region[0] - 12) and window[3] == min(96, region[3] + 12)
     with pytest.raises(Exception, match="train_crop"):
         tiny_model("model.fusion.train_crop=0")
+
+
+def test_stacked_inputs_follow_the_convolutions_layout():
+    from e2emfd.models.orppt import stack_channels
+
+    ir, vis = torch.rand(2, 1, 8, 12), torch.rand(2, 3, 8, 12)
+    for layout in (torch.channels_last, torch.contiguous_format):
+        like = torch.randn(6, 4, 3, 3).contiguous(memory_format=layout)
+        inputs = [t.contiguous(memory_format=layout) for t in (ir, vis)]
+        x0 = stack_channels(inputs, like)
+        assert torch.equal(x0, torch.cat([ir, vis], 1))
+        assert x0.is_contiguous(memory_format=layout)

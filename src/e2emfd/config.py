@@ -82,6 +82,10 @@ class FusionConfig:
     # unit's softmax runs over its attention maps (per path) instead of over its paths
     region_align_corners: bool = False
     sk_softmax: str = "paths"  # paths | maps (the public code's)
+    # how the region branches reach full resolution: "matmul" resizes and sums all levels
+    # in one matrix product (e2emfd.ops.upsample); "interpolate" one F.interpolate per
+    # level (what ONNX export uses: its sizes stay dynamic). Equal up to float rounding.
+    region_upsampling: str = "matmul"
 
 
 @dataclass
@@ -273,6 +277,11 @@ def validate_config(cfg: Config) -> Config:
         )
     if cfg.model.size_divisor < 1:
         raise ConfigError(f"model.size_divisor: must be >= 1, got {cfg.model.size_divisor}")
+    if cfg.model.fusion.region_upsampling not in ("matmul", "interpolate"):
+        raise ConfigError(
+            "model.fusion.region_upsampling: expected matmul or interpolate, got "
+            f"{cfg.model.fusion.region_upsampling!r}"
+        )
     if cfg.model.fusion.sk_softmax not in ("paths", "maps"):
         raise ConfigError(
             f"model.fusion.sk_softmax: expected paths or maps, got {cfg.model.fusion.sk_softmax!r}"

@@ -164,6 +164,8 @@ def graph_copy(model: E2EMFD) -> E2EMFD:
     graph = copy.deepcopy(model).float().cpu().eval()
     graph.cfg.channels_last = False
     graph.to(memory_format=torch.contiguous_format)
+    if graph.fusion is not None:  # ONNX Resize keeps the frame size dynamic; matrices would not
+        graph.fusion.upsampling = "interpolate"
     if graph.detector is not None:
         graph.detector.pooler = AllLevelsRoIAlign.like(graph.detector.pooler)
     return graph

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from e2emfd.config import FusionConfig
 from e2emfd.models.color import luminance
+from e2emfd.ops.upsample import upsample_sum
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -129,8 +130,12 @@ class RegionBranch(nn.Module):
         return torch.cat([feat * attn[:, m : m + 1] for m in range(attn.shape[1])], 1)
 
 
-def hsigmoid(x: Tensor) -> Tensor:
-    return F.relu6(x + 3.0) / 6.0
+def stack_channels(tensors: list[Tensor], like: Tensor) -> Tensor:
+    """``torch.cat(tensors, 1)`` laid out like the conv weight ``like``: channels-last
+    when the convolutions run channels-last, so the first one needs no layout copy."""
+    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        return torch.cat([t.permute(0, 2, 3, 1) for t in tensors], 3).permute(0, 3, 1, 2)
+    return torch.cat(tensors, 1)
 
 
 def conv1x1_bn_relu(cin: int, cout: int, norm: str = "bn") -> nn.Sequential:
@@ -163,6 +168,7 @@ class ORPPTHead(nn.Module):
             for _ in self.levels
         )
         self.align_corners = cfg.region_align_corners
+        self.upsampling = cfg.region_upsampling
         # The 1x1 reduction of the summed, upsampled branch outputs is linear, and so is
         # bilinear upsampling: reducing each branch at its own resolution first and then
         # upsampling gives the same R with 4x fewer full-resolution channels.
@@ -187,11 +193,14 @@ class ORPPTHead(nn.Module):
         (B, hidden, bottom - top, right - left)."""
         if not self.levels:
             return None
-        total = None
-        for name, branch in zip(self.levels, self.regions):
-            reduced = self.region_reduce(branch(features[name]))
-            up = self.upsample(reduced, size, window)
-            total = up if total is None else total + up
+        reduced = [
+            self.region_reduce(branch(features[name]))
+            for name, branch in zip(self.levels, self.regions)
+        ]
+        if self.upsampling == "matmul":
+            total = upsample_sum(reduced, size, window, self.align_corners, self.region_bias)
+            return torch.relu_(total)  # the product's own output: nothing else reads it
+        total = sum(self.upsample(x, size, window) for x in reduced)
         return F.relu(total + self.region_bias.view(1, -1, 1, 1))
 
     def upsample(
@@ -254,9 +263,14 @@ class ORPPTHead(nn.Module):
         if window is not None:
             top, left, bottom, right = window
             vis, ir = vis[..., top:bottom, left:right], ir[..., top:bottom, left:right]
-        x0 = torch.cat([ir, vis], 1)
+        x0 = stack_channels([ir, vis], self.pixel.block1.body[0][0].weight)
         pixels = self.pixel_proj(self.pixel(x0))
-        gated = pixels if regions is None else pixels * hsigmoid(self.gate(regions)) + pixels
+        # pixels * hsigmoid(gate) + pixels in two full-resolution passes instead of five
+        gated = (
+            pixels
+            if regions is None
+            else torch.addcmul(pixels, pixels, F.hardsigmoid(self.gate(regions)))
+        )
         hidden = self.decoder[:-1](gated)
         # The weight logits in float32 even under autocast: bf16 rounding of the logits
         # alone moves fused pixels by up to ~4e-3 (one bf16 step at |logit| 2-4).
