@@ -27,6 +27,8 @@ ARGS=()
 # CUDA-graph rows come from the same run, so their ratio is measured on one card.
 step speed 200 "$PY" benchmarks/speed.py --device cuda --repeats 10 --cuda-graph --profile
 step cuda_check 90 "$PY" benchmarks/cuda_check.py "${ARGS[@]}" --score "${SCORE:-0.5}"
+# The region maps' one-pass upsampling against one F.interpolate per level (issue 20).
+step region_upsampling 60 "$PY" benchmarks/region_upsampling.py --device cuda
 # The compiled backbone, fusion head and detection stages, captured in the same graphs.
 step speed_compiled 240 "$PY" benchmarks/speed.py --device cuda --repeats 10 --cuda-graph --compile
 step train_step 60 "$PY" benchmarks/train_step.py --device cuda --m3fd --size 1024x768 --batch 1

@@ -99,3 +99,23 @@ def test_head_gives_the_same_regions_either_way():
         got = heads["matmul"].regions_at(feats, (64, 96), window)
         want = heads["interpolate"].regions_at(feats, (64, 96), window)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_channels_last_stays_bf16_channels_last():
+    # the GPU's inference setting, run on the CPU: the product's output is the regions'
+    # layout and dtype (nothing converted after it), and near the float32 result
+    torch.manual_seed(0)
+    feats = {
+        f"p{i}": torch.randn(1, 16, 64 // 2**i, 96 // 2**i).contiguous(
+            memory_format=torch.channels_last
+        )
+        for i in range(2, 6)
+    }
+    head = ORPPTHead(FusionConfig(pixel_channels=4, hidden=8), in_channels=16).eval()
+    head.to(memory_format=torch.channels_last)
+    want = head.regions_at(feats, (64, 96))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head.regions_at(feats, (64, 96))
+    assert got.dtype == torch.bfloat16
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
