@@ -9,9 +9,8 @@ gloo), the way `e2emfd demo` trains.
 One joint training step (fusion + detection losses summed, backward, AdamW) of the demo's
 CPU-sized model on a global batch of 4 synthetic 320x256 pairs; the median of ``repeats``
 steps after two warm-up steps, per setting. ``--before-after``: instead, the demo's own
-layout (2 single-threaded DDP processes) as it trained before issue 20 (whole images,
-torchvision's RoIAlign backward) against now (half-side fusion crops, the sparse CPU
-backward of ``e2emfd.ops.roi_align``), in interleaved rounds.
+layout (2 single-threaded DDP processes) as it trained before issue 20 against its
+changes added one by one (``train_step.ISSUE20_STEPS``), in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from e2emfd.demo.config import DEMO_OVERRIDES  # noqa: E402
 from e2emfd.engine.distributed import run_local_processes  # noqa: E402
 from e2emfd.models import build_model  # noqa: E402
 from e2emfd.ops import roi_align as roi_align_ops  # noqa: E402
-from train_step import synthetic_batch  # noqa: E402
+from train_step import ISSUE20_STEPS, ratio_rows, synthetic_batch  # noqa: E402
 
 
 def step_times(cfg, batch_size: int, width: int, height: int, repeats: int, ddp: bool) -> list:
@@ -135,38 +134,22 @@ def ddp_step_seconds(cfg, args, width, height, processes, threads, sparse) -> fl
 
 def before_after(args, width: int, height: int, cpus: int) -> None:
     processes, threads = 2, max(1, cpus // 2)
-    variants = {
-        "before: whole images, torchvision backward": ("1.0", False),
-        "crops 0.5, torchvision backward": ("0.5", False),
-        "after: crops 0.5, sparse RoIAlign backward": ("0.5", True),
-    }
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    times: dict[str, list[float]] = {name: [] for name in ISSUE20_STEPS}
     for _ in range(args.rounds):
-        for name, (crop, sparse) in variants.items():
-            overrides = [*DEMO_OVERRIDES, "train.mtl=sum", f"model.fusion.train_crop={crop}"]
-            cfg = load_config(None, overrides)
+        for name, (overrides, sparse) in ISSUE20_STEPS.items():
+            cfg = load_config(None, [*DEMO_OVERRIDES, "train.mtl=sum", *overrides])
             times[name].append(
                 ddp_step_seconds(cfg, args, width, height, processes, threads, sparse)
             )
-    first = statistics.median(times[next(iter(variants))])
-    rows = []
-    for name, each in times.items():
-        median = statistics.median(each)
-        rows.append(
-            [
-                name,
-                f"{median * 1000:.1f}",
-                " / ".join(f"{t * 1000:.0f}" for t in each),
-                f"{args.batch / median:.2f}",
-                f"{first / median:.2f}x",
-            ]
-        )
     print(
         f"the demo's joint step: {processes} DDP processes x {threads} thread, global batch "
         f"{args.batch} at {args.size}, median of {args.repeats} steps per round, "
         f"{args.rounds} interleaved rounds"
     )
-    print_table(["step", "ms", "each round ms", "images / s", "speed-up"], rows)
+    print_table(
+        ["step", "ms", "each round ms", "images / s", "speed-up"],
+        ratio_rows(times, args.batch),
+    )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ head and loss trained on a random window of each side fraction (``model.fusion.
 train_crop``; 1.0 = whole images), timed in interleaved rounds so that a load change on
 the machine hits every setting alike; the ratio is to the first value. ``--before-after``
 times the same way the step as it was before issue 20 (whole images, torchvision's RoIAlign
-backward) against each change alone and both (half-side crops, the sparse CPU backward of
-``e2emfd.ops.roi_align``).
+backward, one ``F.interpolate`` per region level) against its changes added one by one
+(half-side crops, the sparse CPU backward of ``e2emfd.ops.roi_align``, the one-pass
+upsampling of ``e2emfd.ops.upsample``).
 
 Targets (issue 6): a GMTA step at most 1.8x the time of a plain step, and at most the
 memory of a plain step plus three copies of the shared parameters. The model is the demo's
@@ -33,6 +34,42 @@ from e2emfd.demo.config import DEMO_OVERRIDES  # noqa: E402
 from e2emfd.models import build_model  # noqa: E402
 from e2emfd.mtl import TaskBalancer  # noqa: E402
 from e2emfd.ops import roi_align as roi_align_ops  # noqa: E402
+
+# The CPU step before issue 20 and after each of its changes, in the demo's model:
+# name -> (config overrides, sparse CPU RoIAlign backward). train_step.py --before-after
+# times them in one process, cpu_processes.py --before-after in the demo's two.
+PER_LEVEL = "model.fusion.region_upsampling=interpolate"
+ISSUE20_STEPS = {
+    "before: whole images, torchvision backward, per-level upsampling": (
+        ["model.fusion.train_crop=1.0", PER_LEVEL],
+        False,
+    ),
+    "crops 0.5": (["model.fusion.train_crop=0.5", PER_LEVEL], False),
+    "crops 0.5, sparse RoIAlign backward": (["model.fusion.train_crop=0.5", PER_LEVEL], True),
+    "after: crops 0.5, sparse backward, one-pass upsampling": (
+        ["model.fusion.train_crop=0.5"],
+        True,
+    ),
+}
+
+
+def ratio_rows(times: dict[str, list[float]], images: int) -> list[list[str]]:
+    """Table rows of interleaved timings: median ms, each round, images/s, and the speed-up
+    over the first entry."""
+    first = statistics.median(next(iter(times.values())))
+    rows = []
+    for name, each in times.items():
+        seconds = statistics.median(each)
+        rows.append(
+            [
+                name,
+                f"{seconds * 1000:.1f}",
+                " / ".join(f"{t * 1000:.0f}" for t in each),
+                f"{images / seconds:.2f}",
+                f"{first / seconds:.2f}x",
+            ]
+        )
+    return rows
 
 
 def synthetic_batch(batch: int, width: int, height: int, device: torch.device) -> dict:
@@ -76,18 +113,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     args = parser.parse_args()
     if args.before_after:
-        compare_steps(
-            args,
-            {
-                "before: whole images, torchvision backward": (1.0, False),
-                "whole images, sparse RoIAlign backward": (1.0, True),
-                "crops 0.5, torchvision backward": (0.5, False),
-                "after: crops 0.5, sparse RoIAlign backward": (0.5, True),
-            },
-        )
+        compare_steps(args, ISSUE20_STEPS)
         return
     if args.train_crop:
-        compare_steps(args, {f"train_crop {crop:g}": (crop, True) for crop in args.train_crop})
+        crops = args.train_crop
+        compare_steps(
+            args,
+            {f"train_crop {c:g}": ([f"model.fusion.train_crop={c}"], True) for c in crops},
+        )
         return
     device = torch.device(args.device)
     width, height = (int(v) for v in args.size.split("x"))
@@ -145,16 +178,16 @@ def main() -> None:
     print_table(["step", "ms", "images/s", "peak memory"], rows)
 
 
-def compare_steps(args: argparse.Namespace, variants: dict[str, tuple[float, bool]]) -> None:
-    """Plain joint steps of the demo model, one per variant ``name: (model.fusion.
-    train_crop, sparse CPU RoIAlign backward)``, in interleaved rounds."""
+def compare_steps(args: argparse.Namespace, variants: dict[str, tuple[list, bool]]) -> None:
+    """Plain joint steps of the demo model, one per variant ``name: (config overrides,
+    sparse CPU RoIAlign backward)``, in interleaved rounds."""
     device = torch.device(args.device)
     width, height = (int(v) for v in args.size.split("x"))
     batch = synthetic_batch(args.batch, width, height, device)
     steps = {}
-    for name, (crop, sparse) in variants.items():
+    for name, (overrides, sparse) in variants.items():
         torch.manual_seed(0)
-        cfg = load_config(None, [*DEMO_OVERRIDES, f"model.fusion.train_crop={crop}"])
+        cfg = load_config(None, [*DEMO_OVERRIDES, *overrides])
         model = build_model(cfg.model).to(device).train()
 
         def run(model=model, sparse=sparse):
@@ -170,19 +203,7 @@ def compare_steps(args: argparse.Namespace, variants: dict[str, tuple[float, boo
         for name, run in steps.items():
             times[name].append(median_seconds(run, device, repeats=args.repeats))
     roi_align_ops.SPARSE_CPU_BACKWARD = True
-    first = statistics.median(next(iter(times.values())))
-    rows = []
-    for name, each in times.items():
-        seconds = statistics.median(each)
-        rows.append(
-            [
-                name,
-                f"{seconds * 1000:.1f}",
-                " / ".join(f"{t * 1000:.0f}" for t in each),
-                f"{args.batch / seconds:.2f}",
-                f"{first / seconds:.2f}x",
-            ]
-        )
+    rows = ratio_rows(times, args.batch)
     print(
         f"# plain joint step: {device_name(device)}, demo model, batch {args.batch}, "
         f"{width}x{height}, {args.rounds} rounds x median of {args.repeats}, "
