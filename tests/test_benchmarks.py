@@ -54,10 +54,10 @@ def test_train_step_table_on_cpu():
     )
     names = [line.split("|")[1].strip() for line in both.splitlines() if line.startswith("| ")]
     assert names[1:] == [
-        "before: whole images, torchvision backward",
-        "whole images, sparse RoIAlign backward",
-        "crops 0.5, torchvision backward",
-        "after: crops 0.5, sparse RoIAlign backward",
+        "before: whole images, torchvision backward, per-level upsampling",
+        "crops 0.5",
+        "crops 0.5, sparse RoIAlign backward",
+        "after: crops 0.5, sparse backward, one-pass upsampling",
     ]
 
 
@@ -116,3 +116,10 @@ def test_eval_fusion_command_against_the_evaluator(tmp_path):
     # the evaluator and the command computed the same values
     rel = float(out.split("largest relative difference command vs evaluator ")[1].split()[0])
     assert rel < 1e-5
+
+
+def test_region_upsampling_table_on_cpu():
+    out = _run("region_upsampling.py", "--device", "cpu", "--repeats", "1", "--rounds", "1")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| ")][1:]
+    assert [r[1].strip() for r in rows] == ["inference, whole frame", "training, half-side window"]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 and r[4].strip().endswith("x") for r in rows)
