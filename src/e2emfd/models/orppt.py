@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from e2emfd.config import FusionConfig
 from e2emfd.models.color import luminance
-from e2emfd.ops.upsample import upsample_sum
+from e2emfd.ops.upsample import read_span, upsample_sum
 
 
 def make_norm(kind: str, channels: int) -> nn.Module:
@@ -226,8 +226,8 @@ class ORPPTHead(nn.Module):
             top, left, bottom, right = window
             return up[..., top:bottom, left:right]
         top, left, bottom, right = window
-        r0, c0 = max(top // sy - 1, 0), max(left // sx - 1, 0)
-        r1, c1 = min(-(-bottom // sy) + 1, h), min(-(-right // sx) + 1, w)
+        r0, r1 = read_span(top, bottom, h, size[0], align_corners=False)
+        c0, c1 = read_span(left, right, w, size[1], align_corners=False)
         up = F.interpolate(
             x[..., r0:r1, c0:c1].contiguous(),
             scale_factor=(float(sy), float(sx)),
